@@ -1,0 +1,1 @@
+"""imp_qwen36: placeholder; the family lands with its own issue."""
