@@ -74,6 +74,11 @@ class Sources:
             self.flags[f"{section}.{key}"] = value
 
 
+def _load_isolated(set_items: list[str], tmp_path: Path) -> ResolvedSettings:
+    """Only --set items: no env, no user file, an empty working directory."""
+    return load_settings(set_items=set_items, env={}, cwd=tmp_path, user_config=tmp_path / "none")
+
+
 @pytest.fixture
 def sources(tmp_path: Path) -> Sources:
     return Sources(tmp_path)
@@ -189,9 +194,9 @@ def test_wrong_type_names_key_source_value_and_expectation(sources: Sources, lev
         ("logging.level=loud", "expected one of debug, info, warning, error"),
     ],
 )
-def test_out_of_range_and_bad_choices(item: str, expected: str) -> None:
+def test_out_of_range_and_bad_choices(item: str, expected: str, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="in --set") as info:
-        load_settings(set_items=[item], env={}, user_config=Path("/nonexistent/imp.toml"))
+        _load_isolated([item], tmp_path)
     assert expected in str(info.value)
     assert f"'{item.split('=')[0]}'" in str(info.value)
 
@@ -222,8 +227,10 @@ def test_out_of_range_and_bad_choices(item: str, expected: str) -> None:
         ("kv_cache.dtype = fp8 ", "kv_cache.dtype", "fp8"),
     ],
 )
-def test_set_values_are_parsed_and_normalised(item: str, key: str, value: object) -> None:
-    resolved = load_settings(set_items=[item], env={}, user_config=Path("/nonexistent/imp.toml"))
+def test_set_values_are_parsed_and_normalised(
+    item: str, key: str, value: object, tmp_path: Path
+) -> None:
+    resolved = _load_isolated([item], tmp_path)
     assert resolved.value(key) == value
     assert type(resolved.value(key)) is type(value)
     assert resolved.sources[key] == "--set"
