@@ -1,0 +1,138 @@
+"""The generate loop: prefill, then one decode step per token, streaming text as it comes.
+
+Capture-readiness of the decode step (``Generator.decode_step``): the token and its position
+live in static device buffers (``token_buf``, ``pos_buf``), the position advances on the
+device, the KV write index and the attention mask are computed on the device from positions,
+the cache is preallocated, and the sampler draws on the device from a counter-based RNG; so
+the step itself allocates no persistent memory and never syncs with the host. What is not yet
+capture-ready: the reference path allocates temporaries through the torch caching allocator
+(fine under torch.cuda.graph's private pool) and the host reads each sampled token after the
+step to stream it (outside the step). Prefill is not captured.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+import torch
+
+from imp_core.errors import ImpError, PromptTooLongError
+from imp_core.family import CausalLM
+
+PREFILL_CHUNK = 2048
+
+
+@dataclass
+class GenerationStats:
+    prompt_tokens: int = 0
+    generated_tokens: int = 0
+    prefill_seconds: float = 0.0
+    decode_seconds: float = 0.0
+    finish_reason: str = ""
+
+    @staticmethod
+    def _rate(n: int, s: float) -> str:
+        return f"{n / s:.1f}" if s > 0 and n > 0 else "-"
+
+    def line(self) -> str:
+        # the first generated token comes from the prefill's logits; decode steps make the rest
+        decoded = max(self.generated_tokens - 1, 0)
+        return (f"prompt {self.prompt_tokens} tok, generated {self.generated_tokens} tok, "
+                f"prefill {self._rate(self.prompt_tokens, self.prefill_seconds)} tok/s, "
+                f"decode {self._rate(decoded, self.decode_seconds)} tok/s ({self.finish_reason})")
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class Generator:
+    """Owns one sequence's cache and the static decode buffers."""
+
+    def __init__(self, model: CausalLM, context: int, *, prefill_chunk: int = PREFILL_CHUNK) -> None:
+        self.model = model
+        self.context = context
+        self.prefill_chunk = prefill_chunk
+        self.device = model.device
+        self.cache = model.new_cache(1, context)
+        self.length = 0  # tokens in the cache (host-side bookkeeping, never read from the device)
+        self.token_buf = torch.zeros((1, 1), dtype=torch.long, device=self.device)
+        self.pos_buf = torch.zeros(1, dtype=torch.long, device=self.device)
+
+    def reset(self) -> None:
+        self.model.reset_cache(self.cache)
+        self.length = 0
+
+    def check_fits(self, n_new: int) -> None:
+        if n_new <= 0:
+            raise ImpError("the prompt is empty after tokenization")
+        if self.length + n_new > self.context:
+            raise PromptTooLongError(
+                f"prompt is {n_new} tokens but the context holds {self.context - self.length} more "
+                f"(runtime.context = {self.context}); shorten the prompt or raise --context")
+
+    @torch.inference_mode()
+    def prefill(self, ids: list[int]) -> torch.Tensor:
+        """Run ``ids`` through the model after what is cached; return the last logits [1, V]."""
+        self.check_fits(len(ids))
+        tokens = torch.tensor([ids], dtype=torch.long, device=self.device)
+        logits = None
+        for start in range(0, len(ids), self.prefill_chunk):
+            chunk = tokens[:, start:start + self.prefill_chunk]
+            pos = torch.arange(self.length, self.length + chunk.shape[1], device=self.device)
+            logits = self.model.forward(chunk, pos, self.cache, last_only=True)
+            self.length += chunk.shape[1]
+        self.pos_buf.fill_(self.length - 1)
+        return logits[:, -1]
+
+    @torch.inference_mode()
+    def decode_step(self) -> torch.Tensor:
+        """Feed ``token_buf`` at position ``pos_buf + 1``; return logits [1, V]. Capture-ready."""
+        self.pos_buf.add_(1)
+        logits = self.model.forward(self.token_buf, self.pos_buf, self.cache, last_only=True)
+        return logits[:, -1]
+
+    def generate(self, prompt_ids: list[int], sampler, *, max_tokens: int, eos_ids: Iterable[int],
+                 on_token: Callable[[int], bool] | None = None) -> tuple[list[int], GenerationStats]:
+        """Prefill ``prompt_ids`` then sample up to ``max_tokens`` tokens.
+
+        ``on_token(id)`` is called for every generated token that is not an end-of-sequence
+        token; returning True stops generation (a stop string was completed).
+        """
+        stats = GenerationStats(prompt_tokens=len(prompt_ids))
+        eos = set(eos_ids)
+        budget = min(max_tokens, self.context - self.length - len(prompt_ids))
+        t0 = time.perf_counter()
+        logits = self.prefill(prompt_ids)
+        sampler.observe(torch.tensor([prompt_ids], dtype=torch.long, device=self.device))
+        token = sampler.sample(logits)
+        self.token_buf.copy_(token.view(1, 1))
+        out: list[int] = []
+        tok = int(token.item())  # host read, after (outside) the step
+        stats.prefill_seconds = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        while True:
+            if tok in eos:
+                stats.finish_reason = "eos"
+                break
+            out.append(tok)
+            if on_token is not None and on_token(tok):
+                stats.finish_reason = "stop string"
+                break
+            if len(out) >= budget:
+                stats.finish_reason = "max tokens" if budget == max_tokens else "context full"
+                break
+            sampler.observe(self.token_buf)
+            logits = self.decode_step()
+            self.length += 1
+            token = sampler.sample(logits)
+            self.token_buf.copy_(token.view(1, 1))
+            tok = int(token.item())
+        # the last sampled token is not yet in the cache; it is fed on the next turn, if any
+        _sync(self.device)
+        stats.decode_seconds = time.perf_counter() - t1
+        stats.generated_tokens = len(out)
+        return out, stats

@@ -1,0 +1,55 @@
+"""Scaled-dot-product attention over a KV cache, with causal / sliding-window masks built on
+the device from positions (no host sync, static shapes).
+
+Two reference backends: ``eager`` reproduces transformers' eager attention step for step
+(scores in the activation dtype, softmax in fp32, probabilities cast back) and is the parity
+oracle; ``sdpa`` calls torch's fused scaled_dot_product_attention with the same mask.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def visibility_mask(q_pos: torch.Tensor, key_pos: torch.Tensor, window: int | None) -> torch.Tensor:
+    """[T, S] bool: key j is visible to query i iff 0 <= pos_j <= pos_i (and pos_j > pos_i - W)."""
+    kp = key_pos[None, :]
+    qp = q_pos[:, None]
+    mask = (kp >= 0) & (kp <= qp)
+    if window is not None:
+        mask = mask & (kp > qp - window)
+    return mask
+
+
+def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
+    """[B, Hkv, S, D] -> [B, Hkv*n_rep, S, D]; query head h uses kv head h // n_rep."""
+    if n_rep == 1:
+        return x
+    b, h, s, d = x.shape
+    return x[:, :, None].expand(b, h, n_rep, s, d).reshape(b, h * n_rep, s, d)
+
+
+def eager_attention(q, k, v, mask, scale):
+    scores = torch.matmul(q, k.transpose(-1, -2)) * scale
+    scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+    return torch.matmul(probs, v)
+
+
+def sdpa_attention(q, k, v, mask, scale):
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+
+
+BACKEND_FUNCS = {"eager": eager_attention, "sdpa": sdpa_attention}
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_pos: torch.Tensor,
+           key_pos: torch.Tensor, *, scale: float, window: int | None = None,
+           backend: str = "sdpa") -> torch.Tensor:
+    """q [B, H, T, D], k/v [B, Hkv, S, D(v)] -> [B, H, T, Dv]."""
+    n_rep = q.shape[1] // k.shape[1]
+    k = repeat_kv(k, n_rep)
+    v = repeat_kv(v, n_rep)
+    mask = visibility_mask(q_pos, key_pos, window)
+    return BACKEND_FUNCS[backend](q, k, v, mask, scale)

@@ -1,0 +1,35 @@
+"""Linear projections that accept dense or quantized weights.
+
+A dense weight is a [out, in] tensor. A quantized one is an ``imp_core.quant.QTensor``; on the
+reference path it is dequantised (once, or per call, by the quant module's memory rule) and
+then used like a dense weight, so the math stays that of the dequantised model.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+
+def dense_weight(w: Any, dtype: torch.dtype) -> torch.Tensor:
+    """The weight as a dense tensor in ``dtype`` (dequantising a QTensor)."""
+    if isinstance(w, torch.Tensor):
+        return w if w.dtype == dtype else w.to(dtype)
+    return w.dequantize(dtype=dtype, device=None)
+
+
+class Linear:
+    """y = x @ W.T (+ b)."""
+
+    def __init__(self, weight: Any, bias: torch.Tensor | None = None) -> None:
+        self.weight = weight
+        self.bias = bias
+
+    @property
+    def out_features(self) -> int:
+        return int(self.weight.shape[0])
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, dense_weight(self.weight, x.dtype), self.bias)

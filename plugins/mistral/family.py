@@ -1,0 +1,52 @@
+"""The Mistral family object that imp's core loads through the registered builder."""
+
+from __future__ import annotations
+
+import torch
+
+from imp_core.checkpoint.base import Checkpoint
+from imp_core.family import Family
+from imp_core.plan_types import AttentionLayerSpec, ModelInfo
+from imp_core.weights import WeightStore
+from imp_mistral.config import MistralConfig, load_config
+
+
+class MistralFamily(Family):
+    name = "mistral"
+
+    def parse_config(self, checkpoint: Checkpoint) -> MistralConfig:
+        return load_config(checkpoint)
+
+    def model_info(self, cfg: MistralConfig, checkpoint: Checkpoint) -> ModelInfo:
+        kind = "sliding" if cfg.sliding_window else "full"
+        layers = tuple(
+            AttentionLayerSpec(index=i, kind=kind, num_heads=cfg.num_attention_heads,
+                               num_kv_heads=cfg.num_key_value_heads, head_dim=cfg.head_dim,
+                               sliding_window=cfg.sliding_window, scale=cfg.head_dim ** -0.5)
+            for i in range(cfg.num_hidden_layers))
+        return ModelInfo(family=self.name, architecture=cfg.architecture,
+                         num_layers=cfg.num_hidden_layers, hidden_size=cfg.hidden_size,
+                         vocab_size=cfg.vocab_size, layer_kinds=("attention",) * cfg.num_hidden_layers,
+                         attention_layers=layers)
+
+    def build(self, cfg: MistralConfig, weights: WeightStore):
+        from imp_mistral.model import MistralModel
+
+        return MistralModel(cfg, weights, self.model_info(cfg, weights.checkpoint))
+
+    def max_context(self, cfg: MistralConfig) -> int:
+        return cfg.max_position_embeddings
+
+    def cache_bytes_per_token(self, cfg: MistralConfig, dtype: torch.dtype) -> int:
+        per_layer = 2 * cfg.num_key_value_heads * cfg.head_dim * torch.empty(0, dtype=dtype).element_size()
+        return per_layer * cfg.num_hidden_layers
+
+    def describe(self, cfg: MistralConfig) -> list[tuple[str, str]]:
+        return [
+            ("layers", f"{cfg.num_hidden_layers} x (GQA attention {cfg.num_attention_heads}/{cfg.num_key_value_heads} "
+                       f"heads of {cfg.head_dim}, SwiGLU {cfg.intermediate_size})"),
+            ("hidden / vocab", f"{cfg.hidden_size} / {cfg.vocab_size}"),
+            ("rope", f"default, theta {cfg.rope_theta:g}"),
+            ("sliding window", str(cfg.sliding_window) if cfg.sliding_window else "none"),
+            ("max context", str(cfg.max_position_embeddings)),
+        ]

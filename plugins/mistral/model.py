@@ -1,0 +1,92 @@
+"""The Mistral forward on the reference path (architectures.md §3.3), built from imp_core.layers."""
+
+from __future__ import annotations
+
+import torch
+
+from imp_core.cache import KVCache
+from imp_core.family import CausalLM
+from imp_core.layers.attention import attend
+from imp_core.layers.embedding import Embedding, LMHead
+from imp_core.layers.linear import Linear
+from imp_core.layers.mlp import GatedMLP
+from imp_core.layers.norms import RMSNorm
+from imp_core.layers.rope import Rotary, apply_rotary, default_inv_freq
+from imp_core.plan_types import ModelInfo
+from imp_core.weights import WeightStore
+from imp_mistral.config import MistralConfig
+
+
+class MistralCache:
+    def __init__(self, layers: list[KVCache]) -> None:
+        self.layers = layers
+
+    def reset(self) -> None:
+        for c in self.layers:
+            c.reset()
+
+    @property
+    def nbytes(self) -> int:
+        return sum(c.nbytes for c in self.layers)
+
+
+class MistralLayer:
+    def __init__(self, cfg: MistralConfig, w: WeightStore, i: int) -> None:
+        p = f"model.layers.{i}."
+        norm = dict(eps=cfg.rms_norm_eps, mode="llama")
+        self.input_norm = RMSNorm(w.get(p + "input_layernorm.weight"), **norm)
+        self.post_norm = RMSNorm(w.get(p + "post_attention_layernorm.weight"), **norm)
+        self.q = Linear(w.get(p + "self_attn.q_proj.weight"))
+        self.k = Linear(w.get(p + "self_attn.k_proj.weight"))
+        self.v = Linear(w.get(p + "self_attn.v_proj.weight"))
+        self.o = Linear(w.get(p + "self_attn.o_proj.weight"))
+        self.mlp = GatedMLP(Linear(w.get(p + "mlp.gate_proj.weight")), Linear(w.get(p + "mlp.up_proj.weight")),
+                            Linear(w.get(p + "mlp.down_proj.weight")), cfg.hidden_act)
+        self.h, self.hkv, self.d = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        self.scale = cfg.head_dim ** -0.5
+        self.window = cfg.sliding_window
+
+    def attention(self, x, cos, sin, positions, cache: KVCache, backend: str):
+        b, t, _ = x.shape
+        q = self.q(x).view(b, t, self.h, self.d).transpose(1, 2)
+        k = self.k(x).view(b, t, self.hkv, self.d).transpose(1, 2)
+        v = self.v(x).view(b, t, self.hkv, self.d).transpose(1, 2)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        keys, values, key_pos = cache.update(k, v, positions)
+        o = attend(q, keys, values, positions, key_pos, scale=self.scale, window=self.window, backend=backend)
+        return self.o(o.transpose(1, 2).reshape(b, t, self.h * self.d))
+
+    def __call__(self, x, cos, sin, positions, cache, backend):
+        x = x + self.attention(self.input_norm(x), cos, sin, positions, cache, backend)
+        return x + self.mlp(self.post_norm(x))
+
+
+class MistralModel(CausalLM):
+    def __init__(self, cfg: MistralConfig, w: WeightStore, info: ModelInfo) -> None:
+        self.cfg, self.info = cfg, info
+        self.device, self.dtype = w.device, w.dtype
+        self.embed = Embedding(w.get("model.embed_tokens.weight"))
+        self.layers = [MistralLayer(cfg, w, i) for i in range(cfg.num_hidden_layers)]
+        self.norm = RMSNorm(w.get("model.norm.weight"), cfg.rms_norm_eps, mode="llama")
+        head = w.get("lm_head.weight") if "lm_head.weight" in w else self.embed.weight
+        self.lm_head = LMHead(head)
+        self.rotary = Rotary(default_inv_freq(cfg.rope_theta, cfg.head_dim)).to(self.device)
+        self.attention_backends = ["sdpa"] * cfg.num_hidden_layers
+
+    def new_cache(self, batch: int, context: int) -> MistralCache:
+        cfg = self.cfg
+        cap = min(context, cfg.sliding_window) if cfg.sliding_window else context
+        return MistralCache([
+            KVCache(batch=batch, num_kv_heads=cfg.num_key_value_heads, head_dim=cfg.head_dim, capacity=cap,
+                    dtype=self.dtype, device=self.device, window=cfg.sliding_window)
+            for _ in range(cfg.num_hidden_layers)])
+
+    @torch.inference_mode()
+    def forward(self, ids, positions, cache: MistralCache, *, last_only: bool = False):
+        x = self.embed(ids)
+        cos, sin = self.rotary.cos_sin(positions, x.dtype)
+        for layer, c, backend in zip(self.layers, cache.layers, self.attention_backends):
+            x = layer(x, cos, sin, positions, c, backend)
+        if last_only:
+            x = x[:, -1:]
+        return self.lm_head(self.norm(x)).float()
