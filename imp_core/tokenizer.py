@@ -314,9 +314,12 @@ class StreamDecoder:
 
     def push(self, token_id: int) -> str:
         """Add one id; return the text it completes (possibly empty)."""
-        self._ids.append(int(token_id))
+        token_id = int(token_id)
+        self._ids.append(token_id)
         if self._tokenizer.is_byte_piece(token_id):
             return ""  # a byte run is decoded as one unit; wait for its end
+        if self._skip and token_id in self._tokenizer.special_token_ids:
+            return ""  # skipped, so the ids around it may still join (e.g. one byte run)
         return self._advance(final=False)
 
     def flush(self) -> str:
