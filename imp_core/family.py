@@ -89,3 +89,12 @@ class Family(ABC):
     def describe(self, config: Any) -> list[tuple[str, str]]:
         """Lines for `imp info`: (label, value)."""
         return []
+
+    def synthetic_spec(self, config: Any) -> dict[str, tuple[tuple[int, ...], str]]:
+        """Every tensor the model reads, by normalised name: (shape, init) for random weights
+        at the real shapes (benchmarks and full-size smoke runs; see imp_core.synthetic)."""
+        raise NotImplementedError(f"family '{self.name}' has no synthetic weight spec")
+
+    def config_from_dict(self, data: dict[str, Any]) -> Any:
+        """The family config from a config.json-like dict (e.g. a real-shape preset)."""
+        raise NotImplementedError(f"family '{self.name}' cannot parse a bare config dict")

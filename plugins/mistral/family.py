@@ -8,6 +8,7 @@ from imp_core.checkpoint.base import Checkpoint
 from imp_core.family import Family
 from imp_core.plan_types import AttentionLayerSpec, ModelInfo
 from imp_core.weights import WeightStore
+from imp_core.family import parse_config
 from imp_mistral.config import MistralConfig, load_config
 
 
@@ -33,6 +34,29 @@ class MistralFamily(Family):
         from imp_mistral.model import MistralModel
 
         return MistralModel(cfg, weights, self.model_info(cfg, weights.checkpoint))
+
+    def config_from_dict(self, data: dict) -> MistralConfig:
+        return parse_config(MistralConfig, data, "config dict")
+
+    def synthetic_spec(self, cfg: MistralConfig) -> dict:
+        h, d, inter = cfg.hidden_size, cfg.head_dim, cfg.intermediate_size
+        spec = {"model.embed_tokens.weight": ((cfg.vocab_size, h), "normal"),
+                "model.norm.weight": ((h,), "ones"),
+                "lm_head.weight": ((cfg.vocab_size, h), "normal")}
+        for i in range(cfg.num_hidden_layers):
+            p = f"model.layers.{i}."
+            spec.update({
+                p + "input_layernorm.weight": ((h,), "ones"),
+                p + "post_attention_layernorm.weight": ((h,), "ones"),
+                p + "self_attn.q_proj.weight": ((cfg.num_attention_heads * d, h), "normal"),
+                p + "self_attn.k_proj.weight": ((cfg.num_key_value_heads * d, h), "normal"),
+                p + "self_attn.v_proj.weight": ((cfg.num_key_value_heads * d, h), "normal"),
+                p + "self_attn.o_proj.weight": ((h, cfg.num_attention_heads * d), "normal"),
+                p + "mlp.gate_proj.weight": ((inter, h), "normal"),
+                p + "mlp.up_proj.weight": ((inter, h), "normal"),
+                p + "mlp.down_proj.weight": ((h, inter), "normal"),
+            })
+        return spec
 
     def max_context(self, cfg: MistralConfig) -> int:
         return cfg.max_position_embeddings
