@@ -1,0 +1,103 @@
+"""Launching numba kernels on torch tensors: zero-copy views, torch's stream, compile-ahead.
+
+* ``as_device_array(t)``: a view of a torch tensor that a numba kernel accepts, without copying.
+  bf16 -> its raw bits as uint16, float8 -> uint8 bits; everything else keeps its dtype.
+  CUDA tensors go through ``__cuda_array_interface__`` (numba ``as_cuda_array``); under the
+  simulator a CPU tensor becomes ``t.numpy()`` (same memory, so kernel writes land in the tensor).
+* ``current_stream()``: a numba stream wrapping ``torch.cuda.current_stream()`` (cached per raw
+  handle), so a launch joins torch's ordering and is captured by ``torch.cuda.graph``. Under the
+  simulator it is 0.
+* ``launch(kernel, grid, block, *args, shared_bytes=0)``: converts tensor args with
+  ``as_device_array`` and launches on ``current_stream()``. It never allocates device memory and
+  never synchronizes, so it is safe inside CUDA-graph capture once the kernel is compiled.
+* ``warmup(*calls)``: run ``(fn, args, kwargs)`` triples once and synchronize, so every numba
+  specialisation they reach is compiled and loaded before a graph capture or a timing loop.
+  Kernel modules also offer ``warmup(device)`` that builds tiny inputs of the real dtypes/layouts
+  (numba specialises on dtype, ndim and contiguity, not on sizes) and calls this.
+
+``jit`` is ``cuda.jit`` with ``cache=True`` on the GPU: numba then writes the compiled code of
+each (kernel, argument types, compute capability) to ``__pycache__`` (or ``NUMBA_CACHE_DIR``) and
+later processes skip NVVM for it. It does not cache: kernels made inside factories or closures
+(numba refuses those), the per-process CUDA module load (milliseconds per kernel), or anything
+after the source file's timestamp changes. Under the simulator ``cache`` is ignored.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Iterable
+
+import torch
+
+from imp_kernels.compat import SIMULATOR, cuda
+
+__all__ = ["as_device_array", "current_stream", "launch", "warmup", "jit", "device_jit"]
+
+_BITS_VIEW = {
+    torch.bfloat16: torch.uint16,
+    torch.float8_e4m3fn: torch.uint8,
+    torch.float8_e5m2: torch.uint8,
+}
+
+
+def jit(fn: Callable | None = None, **kw: Any):
+    """``cuda.jit`` for kernels, with ``cache=True`` on the GPU (see module doc)."""
+    if not SIMULATOR:
+        kw.setdefault("cache", True)
+    if fn is None:
+        return functools.partial(jit, **kw)
+    return cuda.jit(**kw)(fn)
+
+
+def device_jit(fn: Callable | None = None, **kw: Any):
+    """``cuda.jit(device=True)``; under the simulator a plain call of the Python function."""
+    if fn is None:
+        return functools.partial(device_jit, **kw)
+    return cuda.jit(device=True, **kw)(fn)
+
+
+def as_device_array(t: Any) -> Any:
+    """Zero-copy view of ``t`` for a kernel argument; non-tensors are returned unchanged."""
+    if not isinstance(t, torch.Tensor):
+        return t
+    bits = _BITS_VIEW.get(t.dtype)
+    if bits is not None:
+        t = t.view(bits)
+    if SIMULATOR:
+        if t.is_cuda:
+            raise ValueError("the CUDA simulator needs CPU tensors, got a CUDA tensor")
+        return t.detach().numpy()
+    if not t.is_cuda:
+        raise ValueError(f"kernel argument must be a CUDA tensor, got one on {t.device}")
+    return cuda.as_cuda_array(t.detach(), sync=False)
+
+
+_streams: dict[int, Any] = {}
+
+
+def current_stream() -> Any:
+    """numba stream for torch's current CUDA stream (0 under the simulator)."""
+    if SIMULATOR:
+        return 0
+    handle = torch.cuda.current_stream().cuda_stream
+    s = _streams.get(handle)
+    if s is None:
+        s = cuda.external_stream(handle)
+        _streams[handle] = s
+    return s
+
+
+def launch(kernel: Any, grid: Any, block: Any, *args: Any, shared_bytes: int = 0) -> None:
+    """Launch ``kernel[grid, block]`` on torch's current stream with tensor args viewed."""
+    conv = [as_device_array(a) for a in args]
+    kernel[grid, block, current_stream(), shared_bytes](*conv)
+
+
+def warmup(*calls: Iterable) -> None:
+    """Run each ``(fn, args)`` or ``(fn, args, kwargs)`` once, then synchronize the device."""
+    for call in calls:
+        fn, args, *rest = call
+        kwargs = rest[0] if rest else {}
+        fn(*args, **kwargs)
+    if not SIMULATOR and torch.cuda.is_available():
+        torch.cuda.synchronize()
