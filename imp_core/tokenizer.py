@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import tokenizers
-from tokenizers import AddedToken, processors
+from tokenizers import AddedToken
 
 from imp_core.chat_template import ChatTemplate, ChatTemplateError
 from imp_core.errors import CheckpointError, ConfigError
@@ -66,10 +66,12 @@ def _named_tokens(config: Mapping[str, Any], where: str) -> dict[str, str]:
 
 
 def _extra_special_tokens(config: Mapping[str, Any], where: str) -> list[str]:
-    extra = config.get("extra_special_tokens", config.get("additional_special_tokens"))
-    if not isinstance(extra, list):
-        return []
-    return [_token_content(value, f"{where}:extra_special_tokens") for value in extra]
+    """Unnamed special tokens (``extra_special_tokens`` / legacy ``additional_special_tokens`` lists)."""
+    tokens: list[str] = []
+    for key in ("extra_special_tokens", "additional_special_tokens"):
+        if isinstance(config.get(key), list):
+            tokens += [_token_content(value, f"{where}:{key}") for value in config[key]]
+    return list(dict.fromkeys(t for t in tokens if t is not None))
 
 
 def _config_token_ids(config: Mapping[str, Any] | None, key: str, where: str) -> list[int]:
@@ -130,12 +132,16 @@ class Tokenizer:
         self.bos_token: str | None = self._named.get("bos_token")
         self.eos_token: str | None = self._named.get("eos_token")
         self.bos_token_id: int | None = self.token_to_id(self.bos_token) if self.bos_token else None
-        self.pad_token_id: int | None = self.token_to_id(self._named["pad_token"]) if "pad_token" in self._named \
-            else None
+        pad = self._named.get("pad_token")
+        self.pad_token_id: int | None = self.token_to_id(pad) if pad else None
         eos_id = self.token_to_id(self.eos_token) if self.eos_token else None
         self.eos_token_ids: frozenset[int] = frozenset([*eos_token_ids, *([eos_id] if eos_id is not None else [])])
+        # BOS/EOS come from the post-processor, unless the flags rule: then imp adds the ids itself
+        # (TemplateProcessing cannot name tokens with spaces or colons).
+        self._own_specials: tuple[list[int], list[int]] | None = None
         if override_post_processor or (backend.post_processor is None and (add_bos_token or add_eos_token)):
-            self._set_post_processor(bool(add_bos_token), bool(add_eos_token))
+            self._own_specials = ([self.bos_token_id] if add_bos_token and self.bos_token_id is not None else [],
+                                  [eos_id] if add_eos_token and eos_id is not None else [])
         self._byte_fallback = bool(getattr(backend.model, "byte_fallback", False))
         self.special_token_ids: frozenset[int] = frozenset(
             i for i, t in backend.get_added_tokens_decoder().items() if t.special)
@@ -219,18 +225,6 @@ class Tokenizer:
             else:
                 self._backend.add_tokens([token])
 
-    def _set_post_processor(self, add_bos: bool, add_eos: bool) -> None:
-        add_bos = add_bos and self.bos_token_id is not None
-        eos_id = self.token_to_id(self.eos_token) if self.eos_token else None
-        add_eos = add_eos and eos_id is not None
-        bos = f"{self.bos_token}:0 " if add_bos else ""
-        eos = f" {self.eos_token}:0" if add_eos else ""
-        single = f"{bos}$A:0{eos}"
-        pair = f"{single}{' ' + self.bos_token + ':1' if add_bos else ''} $B:1{' ' + self.eos_token + ':1' if add_eos else ''}"
-        special = ([(self.bos_token, self.bos_token_id)] if add_bos else []) + \
-                  ([(self.eos_token, eos_id)] if add_eos else [])
-        self._backend.post_processor = processors.TemplateProcessing(single=single, pair=pair, special_tokens=special)
-
     # ---- queries ------------------------------------------------------------------------------
 
     @property
@@ -265,7 +259,10 @@ class Tokenizer:
 
     def encode(self, text: str, *, add_special_tokens: bool = True) -> list[int]:
         """Token ids of ``text``; ``add_special_tokens`` adds BOS/EOS as the post-processor says."""
-        return self._backend.encode(text, add_special_tokens=add_special_tokens).ids
+        if self._own_specials is None:
+            return self._backend.encode(text, add_special_tokens=add_special_tokens).ids
+        ids = self._backend.encode(text, add_special_tokens=False).ids
+        return [*self._own_specials[0], *ids, *self._own_specials[1]] if add_special_tokens else ids
 
     def decode(self, ids: Sequence[int], *, skip_special_tokens: bool = True) -> str:
         return self._backend.decode(list(ids), skip_special_tokens=skip_special_tokens)

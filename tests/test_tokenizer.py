@@ -238,6 +238,25 @@ def test_corrupt_files_are_checkpoint_errors(tmp_path):
         Tokenizer.from_dir(tmp_path)
 
 
+def test_tokens_only_the_config_knows_are_added_like_transformers(tmp_path):
+    write_tiny_tokenizer(tmp_path, style="mistral")
+    base_size = Tokenizer.from_dir(tmp_path).vocab_size
+    config = json.loads((tmp_path / "tokenizer_config.json").read_text())
+    config["pad_token"] = "<pad_new>"
+    config["extra_special_tokens"] = ["<extra_x>"]
+    config["added_tokens_decoder"]["999"] = {"content": "<tool_x>", "special": False, "normalized": False,
+                                             "lstrip": False, "rstrip": False, "single_word": False}
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(config))
+    ours, hf = Tokenizer.from_dir(tmp_path), transformers.AutoTokenizer.from_pretrained(tmp_path)
+    assert ours.vocab_size == len(hf) == base_size + 3
+    text = "a<pad_new>b <extra_x> c<tool_x>d"
+    assert ours.encode(text) == hf.encode(text)
+    ids = ours.encode(text)
+    for skip in (True, False):
+        assert ours.decode(ids, skip_special_tokens=skip) == hf.decode(ids, skip_special_tokens=skip)
+    assert ours.pad_token_id == hf.pad_token_id == ours.token_to_id("<pad_new>")
+
+
 def test_no_chat_template_is_an_imp_error(tmp_path):
     write_tiny_tokenizer(tmp_path, style="mistral")
     (tmp_path / "chat_template.jinja").unlink()
@@ -280,6 +299,13 @@ def test_from_parts_builds_the_same_tokenizer_as_from_dir(tmp_path):
         assert from_parts.encode_chat(messages) == from_dir.encode_chat(messages)
     assert Tokenizer.from_parts(build_tiny_backend("chatml"), chat_template=None, bos_token=None,
                                 eos_token="<|im_end|>", eos_token_ids=[]).eos_token_ids == frozenset({2})
+    # Explicit flags replace the backend's own post-processor (which adds <s> for this style).
+    mistral = dict(chat_template=None, bos_token="<s>", eos_token="</s>", eos_token_ids=[])
+    plain = Tokenizer.from_parts(build_tiny_backend("mistral"), **mistral).encode("Hi", add_special_tokens=False)
+    assert Tokenizer.from_parts(build_tiny_backend("mistral"), **mistral).encode("Hi") == [1, *plain]
+    assert Tokenizer.from_parts(build_tiny_backend("mistral"), add_bos_token=False, **mistral).encode("Hi") == plain
+    assert Tokenizer.from_parts(build_tiny_backend("mistral"), add_bos_token=False, add_eos_token=True,
+                                **mistral).encode("Hi") == [*plain, 2]
 
 
 # ---- streaming detokenization ----------------------------------------------------------------------------
