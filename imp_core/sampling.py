@@ -18,19 +18,27 @@ state (the step counter, the penalty history ring and its write index) lives in 
 that are updated in place; :meth:`Sampler.reset` zeroes them in place, so a captured graph
 stays valid across requests.
 
-Randomness is counter-based, not a global generator: the uniform number for (seed, step, row,
-token id) is an integer hash computed with int64 torch ops whose every intermediate stays below
-2**63, so it is exact and identical on CPU and CUDA. A token is drawn by the exponential race:
-``argmax(log p_i - log E_i)`` with ``E_i = -log U_i ~ Exp(1)`` over the surviving tokens, which
-picks token i with probability ``p_i / sum(p)`` and needs no host-side multinomial. Because the
-noise is keyed by token id (not by position among the survivors), the same seed and the same
-logits give the same tokens; CPU and CUDA agree except where fp32 rounding of the logits (or of
-``log``) flips a near-tie.
+Randomness is counter-based, not a global generator: the uniform number for (seed, row, step,
+token id) is a 32-bit integer hash computed with int64 torch ops whose every intermediate stays
+below 2**63, so it is exact and identical on CPU and CUDA (the step wraps at 2**32). A token is
+drawn by the exponential race: ``argmax(log p_i - log E_i)`` with ``E_i = -log U_i ~ Exp(1)``
+over the surviving tokens, which picks token i with probability ``p_i / sum(p)`` and needs no
+host-side multinomial. Because the noise is keyed by token id (not by position among the
+survivors), the same seed and the same logits give the same tokens; CPU and CUDA agree except
+where fp32 rounding of the logits (or of ``log``) flips a near-tie.
 
-Filters on the fast path: when ``top_k > 0`` only the k survivors of ``torch.topk`` (exactly k,
-sorted) are sorted and filtered by top-p/min-p, so a 262144-token vocabulary costs one top-k;
-with ``top_k == 0`` and top-p or min-p active, the full vocabulary is sorted. The standalone
-mask functions below define the semantics and are what the tests compare against.
+The standalone mask functions below define the semantics and are what the tests compare
+against. The fast path in :class:`Sampler` computes the same sets: when ``top_k > 0`` only the
+k survivors of ``torch.topk`` are sorted and filtered by top-p/min-p, so a 262144-token
+vocabulary costs one top-k (it keeps exactly k tokens, where :func:`top_k_mask` also keeps
+tokens tied with the k-th); with ``top_k == 0`` and top-p or min-p active, the full vocabulary
+is sorted.
+
+Cost on one H200 at V = 262144, batch 1, inside a replayed CUDA graph (sample + observe): about
+140 us a step with the defaults (170 with the penalty on), 260 with top_k = 0, 90 with every
+filter off, 10 us greedy. It is bounded by the number of small
+kernels (~80), not by bandwidth; a fused kernel that reproduces :func:`uniform_noise` bit for
+bit would give the same tokens.
 """
 
 from __future__ import annotations
@@ -50,6 +58,7 @@ __all__ = [
     "top_k_mask",
     "top_p_mask",
     "min_p_mask",
+    "seed_row_keys",
     "uniform_noise",
 ]
 
@@ -192,42 +201,37 @@ def _smallest_kept(sorted_logits: torch.Tensor, keep: torch.Tensor) -> torch.Ten
 # ---------------------------------------------------------------------------------------------
 
 
-def _mul32(x, c: int):
-    """(x * c) mod 2**32 for 0 <= x, c < 2**32, with every intermediate below 2**49.
-
-    Works on Python ints and int64 tensors alike; no int64 overflow is relied on.
-    """
-    low = x * (c & 0xFFFF)
-    high = ((x * (c >> 16)) & 0xFFFF) << 16
-    return (low + high) & _MASK32
-
-
 def _hash32(x):
-    """A 32-bit bijective integer mixer (Wellons' "lowbias32"); x in [0, 2**32)."""
+    """A 32-bit bijective integer mixer ([16 21f0aaad 15 735a2d97 15] from Wellons' hash
+    prospector, the "splitmix32" finaliser); x in [0, 2**32).
+
+    Both multipliers are below 2**31, so every product stays below 2**63: exact in int64 on any
+    device, with no reliance on overflow. Works on Python ints and int64 tensors alike.
+    """
     x = x ^ (x >> 16)
-    x = _mul32(x, 0x7FEB352D)
+    x = (x * 0x21F0AAAD) & _MASK32
     x = x ^ (x >> 15)
-    x = _mul32(x, 0x846CA68B)
-    return x ^ (x >> 16)
+    x = (x * 0x735A2D97) & _MASK32
+    return x ^ (x >> 15)
 
 
-def _seed_key(seed: int) -> int:
-    """Fold a 64-bit seed into a 32-bit key (host-side, once per Sampler)."""
-    lo, hi = seed & _MASK32, (seed >> 32) & _MASK32
-    return _hash32(_hash32(lo ^ 0x9E3779B9) ^ hi)
+def seed_row_keys(seed: int, batch: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Per-row 32-bit keys derived from a 64-bit seed, [batch, 1] int64 (host-side, once)."""
+    key = _hash32(_hash32(seed & _MASK32) ^ ((seed >> 32) & _MASK32))
+    keys = [_hash32((_hash32(key ^ row) + 0x9E3779B9) & _MASK32) for row in range(batch)]
+    return torch.tensor(keys, dtype=torch.int64, device=device).view(batch, 1)
 
 
-def uniform_noise(key: int, step: torch.Tensor, rows: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
-    """Uniform floats in (0, 1), fp32, one per element of ``token_ids``.
+def uniform_noise(row_keys: torch.Tensor, step: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
+    """Uniform floats in (0, 1), fp32, one per element of ``token_ids`` ([B, C] int64).
 
-    A pure function of (key, step mod 2**32, row, token id): ``step`` is a 0-d int64 tensor,
-    ``rows`` broadcasts against ``token_ids`` (both int64, values in [0, 2**32)). The value is
+    A pure function of (row key, step mod 2**32, token id): ``row_keys`` is [B, 1] from
+    :func:`seed_row_keys`, ``step`` a 0-d int64 tensor. The value is
     ``(top 24 bits of the hash + 0.5) / 2**24``, exact in fp32, never 0 or 1.
     """
-    h = _hash32((step & _MASK32) ^ key)
-    h = _hash32(h ^ rows)
+    h = _hash32(row_keys ^ (step & _MASK32))
     h = _hash32(h ^ token_ids)
-    h = _hash32((h + key) & _MASK32)
+    h = _hash32((h + 0x6D2B79F5) & _MASK32)
     return ((h >> 8).to(torch.float32) + 0.5) * (1.0 / (1 << 24))
 
 
@@ -253,9 +257,8 @@ class Sampler:
         self.batch = batch
         self.device = torch.device(device)
         self.seed: int = params.seed if params.seed is not None else int.from_bytes(os.urandom(8), "little")
-        self._key = _seed_key(self.seed)
+        self._row_keys = seed_row_keys(self.seed, batch, self.device)
         self._step = torch.zeros((), dtype=torch.int64, device=self.device)
-        self._rows = torch.arange(batch, dtype=torch.int64, device=self.device).unsqueeze(1)
         n = params.repeat_last_n if params.penalised else 0
         self._history = torch.full((batch, n), -1, dtype=torch.int64, device=self.device)
         self._write = torch.zeros((), dtype=torch.int64, device=self.device)
@@ -303,7 +306,7 @@ class Sampler:
         if ids is None:  # greedy
             token = vals.argmax(dim=-1)
         else:
-            u = uniform_noise(self._key, self._step, self._rows, ids)
+            u = uniform_noise(self._row_keys, self._step, ids)
             scores = vals.masked_fill(~keep, -math.inf) - torch.log(-torch.log(u))
             token = ids.gather(-1, scores.argmax(dim=-1, keepdim=True)).squeeze(-1)
         self._step.add_(1)
