@@ -36,9 +36,9 @@ is sorted.
 
 Cost on one H200 at V = 262144, batch 1, inside a replayed CUDA graph (sample + observe): about
 140 us a step with the defaults (170 with the penalty on), 260 with top_k = 0, 90 with every
-filter off, 10 us greedy. It is bounded by the number of small
-kernels (~80), not by bandwidth; a fused kernel that reproduces :func:`uniform_noise` bit for
-bit would give the same tokens.
+filter off, 10 us greedy. It is bounded by the number of small kernels (~80), not by
+bandwidth; a fused kernel that reproduces :func:`uniform_noise` bit for bit would give the
+same tokens.
 """
 
 from __future__ import annotations
