@@ -110,7 +110,10 @@ def quantize_nvfp4(
       to 0 set to 0.125 (formats.md §3.3, ``generate_gparam`` + ``calculate_qparams``).
     ``global_scale`` (modelopt only) replaces the calibrated ``weight_scale_2`` by a fixed
     multiplier, as ModelOpt's ``weights_scaling_factor_2`` argument does (e.g. 1.0 for GGUF NVFP4
-    blocks that carry no tensor scale). For fixtures and tests; vectorised torch.
+    blocks that carry no tensor scale). For fixtures and tests; vectorised torch. On CPU the output
+    is bit-identical to the producers' own CPU code; on CUDA, torch divides by a Python scalar via
+    its reciprocal, so a last-ulp difference in the global scale can move a few codes (the producers
+    do the same there).
     """
     require_tensor(w, "weight to quantize")
     if w.dim() < 1 or w.shape[-1] % NVFP4_BLOCK:
