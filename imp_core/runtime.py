@@ -17,7 +17,7 @@ from loguru import logger
 from imp_core import policy
 from imp_core.checkpoint.base import Checkpoint
 from imp_core.checkpoint.open import open_checkpoint
-from imp_core.errors import DeviceError, QuantError
+from imp_core.errors import ConfigError, DeviceError, QuantError
 from imp_core.family import CausalLM, Family
 from imp_core.plan_types import ArchitectureSpec, AttentionChoice, ModelInfo, PhaseDecision
 from imp_core.plugins import PluginSet
@@ -94,6 +94,14 @@ def _generation_defaults(checkpoint: Checkpoint, resolved: ResolvedSettings
                        + " (from generation_config.json)")]
 
 
+def check_implemented(s) -> None:
+    """Settings whose non-default values are not implemented yet are refused, never ignored."""
+    if s.kv_cache.dtype != "auto":
+        raise ConfigError(f"kv_cache.dtype '{s.kv_cache.dtype}' is not supported yet (only 'auto': the compute dtype)")
+    if s.moe.experts_impl != "auto":
+        raise ConfigError(f"moe.experts_impl '{s.moe.experts_impl}' is not supported yet (only 'auto')")
+
+
 def inspect_checkpoint(path: str | Path, resolved: ResolvedSettings, plugins: PluginSet) -> Inspection:
     """Resolve the architecture and every policy decision for ``path``; read no tensor bytes."""
     checkpoint = open_checkpoint(path)
@@ -115,6 +123,7 @@ def inspect_checkpoint(path: str | Path, resolved: ResolvedSettings, plugins: Pl
     resolved, family_lines = policy.apply_family_settings(plugins.hook, info, resolved)
     resolved, gen_lines = _generation_defaults(checkpoint, resolved)
     s = resolved.settings
+    check_implemented(s)
     device = resolve_device(s.runtime.device)
     dtype = resolve_dtype(s.runtime.dtype, checkpoint)
     max_ctx = family.max_context(config)

@@ -1,0 +1,1 @@
+"""Helpers for tests and demos: tiny tokenizers trained in milliseconds (no downloads)."""
