@@ -1,0 +1,114 @@
+"""The Qwen3.5/3.6 forward on the reference path (architectures.md §1.3-1.4).
+
+Embedding (no scaling) -> per layer: x += Mixer(N(x)), x += FFN(N(x)) with zero-centred (1+w)
+norms, the mixer a Gated DeltaNet (linear_attention layers) or gated full attention
+(full_attention layers) -> final (1+w) norm -> untied lm_head. Text-only positions make the
+interleaved mRoPE equal to plain 1-D RoPE over the first ``rotary_dim`` dims (shown in
+tests/test_qwen36_rope.py), so one ``Rotary`` table serves every full-attention layer.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from imp_core.cache import KVCache
+from imp_core.family import CausalLM
+from imp_core.layers.embedding import Embedding, LMHead
+from imp_core.layers.rope import Rotary, default_inv_freq
+from imp_core.plan_types import ModelInfo
+from imp_qwen36.attention import GatedAttention, zero_centred_norm
+from imp_qwen36.config import FULL, Qwen36Config
+from imp_qwen36.deltanet import DeltaNetState, GatedDeltaNet
+from imp_qwen36.loading import get
+from imp_qwen36.moe import build_mlp
+
+
+class Qwen36Cache:
+    """Per layer: a ``KVCache`` (full attention) or a ``DeltaNetState`` (Gated DeltaNet), all
+    preallocated; reset forgets the KV positions and zeroes the DeltaNet states."""
+
+    def __init__(self, layers: list[KVCache | DeltaNetState]) -> None:
+        self.layers = layers
+
+    def reset(self) -> None:
+        for c in self.layers:
+            c.reset()
+
+    @property
+    def nbytes(self) -> int:
+        return sum(c.nbytes for c in self.layers)
+
+
+class Qwen36Layer:
+    def __init__(self, cfg: Qwen36Config, w: Any, i: int) -> None:
+        p = f"model.layers.{i}."
+        h = cfg.hidden_size
+        self.full = cfg.layer_types[i] == FULL
+        self.input_norm = zero_centred_norm(get(w, p + "input_layernorm.weight", (h,)), cfg.rms_norm_eps)
+        self.post_norm = zero_centred_norm(get(w, p + "post_attention_layernorm.weight", (h,)),
+                                           cfg.rms_norm_eps)
+        self.mixer = GatedAttention(cfg, w, p) if self.full else GatedDeltaNet(cfg, w, p)
+        self.mlp = build_mlp(cfg, w, p)
+        self.backend = "sdpa"
+
+    def __call__(self, x, cos, sin, positions, cache) -> torch.Tensor:
+        n = self.input_norm(x)
+        if self.full:
+            x = x + self.mixer(n, cos, sin, positions, cache, self.backend)
+        else:
+            x = x + self.mixer(n, cache)
+        return x + self.mlp(self.post_norm(x))
+
+
+class Qwen36Model(CausalLM):
+    def __init__(self, cfg: Qwen36Config, w: Any, info: ModelInfo) -> None:
+        self.cfg, self.info = cfg, info
+        self.device, self.dtype = w.device, w.dtype
+        v, h = cfg.vocab_size, cfg.hidden_size
+        self.embed = Embedding(get(w, "model.embed_tokens.weight", (v, h)))
+        self.layers = [Qwen36Layer(cfg, w, i) for i in range(cfg.num_hidden_layers)]
+        self.norm = zero_centred_norm(get(w, "model.norm.weight", (h,)), cfg.rms_norm_eps)
+        head = get(w, "lm_head.weight", (v, h)) if "lm_head.weight" in w else self.embed.weight
+        self.lm_head = LMHead(head)
+        self.rotary = Rotary(default_inv_freq(cfg.rope_theta, cfg.rotary_dim)).to(self.device)
+
+    @property
+    def attention_backends(self) -> list[str]:
+        return [layer.backend for layer in self.layers if layer.full]
+
+    @attention_backends.setter
+    def attention_backends(self, backends: list[str]) -> None:
+        full = [layer for layer in self.layers if layer.full]
+        if len(backends) != len(full):
+            raise ValueError(f"{len(backends)} attention backends for {len(full)} full-attention layers")
+        for layer, backend in zip(full, backends):
+            layer.backend = backend
+
+    def new_cache(self, batch: int, context: int) -> Qwen36Cache:
+        cfg = self.cfg
+        layers: list[KVCache | DeltaNetState] = []
+        for kind in cfg.layer_types:
+            if kind == FULL:
+                layers.append(KVCache(batch=batch, num_kv_heads=cfg.num_key_value_heads, head_dim=cfg.head_dim,
+                                      capacity=context, dtype=self.dtype, device=self.device))
+            else:
+                layers.append(DeltaNetState(cfg, batch, dtype=self.dtype, device=self.device))
+        return Qwen36Cache(layers)
+
+    @torch.inference_mode()
+    def forward(self, ids: torch.Tensor, positions: torch.Tensor, cache: Qwen36Cache, *,
+                last_only: bool = False) -> torch.Tensor:
+        """ids [B, T] at positions [T] -> logits [B, T or 1, V] fp32.
+
+        T == 1 runs the recurrent DeltaNet step (the capture-ready decode step); T > 1 runs the
+        chunked form from the cached state, so a prompt may be fed in several pieces.
+        """
+        x = self.embed(ids)
+        cos, sin = self.rotary.cos_sin(positions, x.dtype)
+        for layer, c in zip(self.layers, cache.layers):
+            x = layer(x, cos, sin, positions, c)
+        if last_only:
+            x = x[:, -1:]
+        return self.lm_head(self.norm(x)).float()
