@@ -3,7 +3,8 @@
 * ``as_device_array(t)``: a view of a torch tensor that a numba kernel accepts, without copying.
   bf16 -> its raw bits as uint16, float8 -> uint8 bits; everything else keeps its dtype.
   CUDA tensors go through ``__cuda_array_interface__`` (numba ``as_cuda_array``); under the
-  simulator a CPU tensor becomes ``t.numpy()`` (same memory, so kernel writes land in the tensor).
+  simulator a CPU tensor becomes a simulator device array over ``t.numpy()`` (same memory, so
+  kernel writes land in the tensor and aliased arguments, e.g. residual = out, stay aliased).
 * ``current_stream()``: a numba stream wrapping ``torch.cuda.current_stream()`` (cached per raw
   handle), so a launch joins torch's ordering and is captured by ``torch.cuda.graph``. Under the
   simulator it is 0.
@@ -66,7 +67,11 @@ def as_device_array(t: Any) -> Any:
     if SIMULATOR:
         if t.is_cuda:
             raise ValueError("the CUDA simulator needs CPU tensors, got a CUDA tensor")
-        return t.detach().numpy()
+        # Wrap the tensor's own memory: the simulator then neither copies it in nor writes a copy
+        # back, so kernel writes land in the tensor and aliased arguments stay aliased.
+        from numba.cuda.simulator.cudadrv.devicearray import FakeCUDAArray
+
+        return FakeCUDAArray(t.detach().numpy())
     if not t.is_cuda:
         raise ValueError(f"kernel argument must be a CUDA tensor, got one on {t.device}")
     return cuda.as_cuda_array(t.detach(), sync=False)

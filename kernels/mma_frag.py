@@ -1,0 +1,107 @@
+"""Activation fragments and decoders shared by the tensor-core GEMV kernels.
+
+The quantized GEMVs feed ``mma.sync m16n8k16`` with A = 16 weight rows (decoded to f16 in
+registers) and B = the activations (M <= 8 rows of x as the 8 columns of B), accumulating in
+fp32. Lane ``4g + t`` supplies B column ``g``, i.e. activation row ``m = g``; lanes with
+``g >= M`` supply zeros. Activations arrive as bf16 bits packed two per int32 word
+(``x.view(torch.int32)``) and become f16 here: exact for |x| in [2^-14, 65504], a 2^-25 absolute
+error below that, and +-inf above 65504 (activations entering a projection are post-norm and far
+below that; documented limit of the quantized GEMVs).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from imp_kernels import ptx
+from imp_kernels.launch import device_jit
+
+__all__ = ["bf16x2_to_f16x2", "load_x16_f16", "load_x16_raw", "x16_to_f16", "load_x8_f16", "load_x8_bf16", "nvfp4_frags",
+           "store_out"]
+
+
+@device_jit(inline="always")
+def bf16x2_to_f16x2(w):
+    lo = ptx.bits_to_f32(np.uint32((int(w) & 0xFFFF) << 16))
+    hi = ptx.bits_to_f32(np.uint32(int(w) & 0xFFFF0000))
+    return ptx.cvt_f16x2_f32(hi, lo)
+
+
+@device_jit(inline="always")
+def load_x16_f16(x32, m_rows, k, g, kcol):
+    """f16x2 words of x[g, kcol:kcol+16] (8 words), zeros when g >= M or kcol >= K."""
+    if g < m_rows and kcol < k:
+        base = (g * k + kcol) >> 1
+        a = ptx.ld_v4_cached(x32, base)
+        b = ptx.ld_v4_cached(x32, base + 4)
+        return (bf16x2_to_f16x2(a[0]), bf16x2_to_f16x2(a[1]), bf16x2_to_f16x2(a[2]),
+                bf16x2_to_f16x2(a[3]), bf16x2_to_f16x2(b[0]), bf16x2_to_f16x2(b[1]),
+                bf16x2_to_f16x2(b[2]), bf16x2_to_f16x2(b[3]))
+    z = np.uint32(0)
+    return (z, z, z, z, z, z, z, z)
+
+
+@device_jit(inline="always")
+def load_x16_raw(x32, m_rows, k, g, kcol):
+    """bf16x2 words of x[g, kcol:kcol+16] as stored (two 4-word tuples), zeros when out of range.
+    Convert with ``x16_to_f16`` only when needed, so a prefetch does not wait for the load."""
+    if g < m_rows and kcol < k:
+        base = (g * k + kcol) >> 1
+        return ptx.ld_v4_cached(x32, base), ptx.ld_v4_cached(x32, base + 4)
+    z = np.uint32(0)
+    return (z, z, z, z), (z, z, z, z)
+
+
+@device_jit(inline="always")
+def x16_to_f16(a, b):
+    return (bf16x2_to_f16x2(a[0]), bf16x2_to_f16x2(a[1]), bf16x2_to_f16x2(a[2]),
+            bf16x2_to_f16x2(a[3]), bf16x2_to_f16x2(b[0]), bf16x2_to_f16x2(b[1]),
+            bf16x2_to_f16x2(b[2]), bf16x2_to_f16x2(b[3]))
+
+
+@device_jit(inline="always")
+def load_x8_f16(x32, m_rows, k, g, kcol):
+    """f16x2 words of x[g, kcol:kcol+8] (4 words), zeros when g >= M or kcol >= K."""
+    if g < m_rows and kcol < k:
+        a = ptx.ld_v4_cached(x32, (g * k + kcol) >> 1)
+        return (bf16x2_to_f16x2(a[0]), bf16x2_to_f16x2(a[1]), bf16x2_to_f16x2(a[2]),
+                bf16x2_to_f16x2(a[3]))
+    z = np.uint32(0)
+    return (z, z, z, z)
+
+
+@device_jit(inline="always")
+def load_x8_bf16(x32, m_rows, k, g, kcol):
+    """bf16x2 words of x[g, kcol:kcol+8] as stored (4 words), zeros when g >= M or kcol >= K."""
+    if g < m_rows and kcol < k:
+        return ptx.ld_v4_cached(x32, (g * k + kcol) >> 1)
+    z = np.uint32(0)
+    return (z, z, z, z)
+
+
+@device_jit(inline="always")
+def nvfp4_frags(w, s_g, s_g8):
+    """One NVFP4 code word -> the 4 f16x2 A fragments, each times its row's block scale.
+
+    ``s_g`` / ``s_g8`` are f16x2 words holding the row-g / row-g+8 scale twice. The decoded
+    value is E2M1 * 2^-14 (see repack), the product E2M1 * 2^-14 * e4m3 is exact in f16
+    (including its subnormals), so the only rounding left is the fp32 accumulation.
+    """
+    v0 = ((w << 9) & 0x0E000E00) | (w & 0x80008000)
+    v1 = ((w << 6) & 0x0E000E00) | ((w << 1) & 0x80008000)
+    v2 = ((w << 3) & 0x0E000E00) | ((w << 2) & 0x80008000)
+    v3 = (w & 0x0E000E00) | ((w << 3) & 0x80008000)
+    return (ptx.hmul2(np.uint32(v0), s_g), ptx.hmul2(np.uint32(v1), s_g8),
+            ptx.hmul2(np.uint32(v2), s_g), ptx.hmul2(np.uint32(v3), s_g8))
+
+
+@device_jit(inline="always")
+def store_out(out, out_f32, res, has_res, m, n_cols, row, val):
+    """out[m, row] = val (+ residual[m, row]); bf16 bits (uint16 array) or float32."""
+    i = m * n_cols + row
+    if has_res:
+        val += ptx.bits_to_f32(np.uint32((int(res[i]) & 0xFFFF) << 16))
+    if out_f32:
+        out[i] = val
+    else:
+        out[i] = ptx.cvt_bf16_f32(np.float32(val))
