@@ -1,0 +1,200 @@
+"""FP8 (e4m3) GEMV: ``out = x @ (W * scale)^T (+ residual)`` for M = 1..8 rows of bf16 x.
+
+W is ``repack.fp8_tile`` output (int32 [NT, KC, 32, 4], 32-column chunks). ``scale`` is float32
+on the device and selects the granularity by its shape:
+  [1] per-tensor; [N] (or [N, 1]) per-channel (per output row); [ceil(N/128), ceil(K/128)] the
+  128x128 block scales of HF/DeepSeek ``weight_scale_inv`` (multiplied, despite the name).
+Each lane converts its e4m3 pairs with ``cvt.rn.f16x2.e4m3x2`` (exact) and feeds ``mma.sync``
+(fp32 accumulate). Per-tensor/per-channel scales are applied once in the epilogue; block scales
+per 32-column chunk (a chunk never straddles a 128 block).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from imp_core.errors import QuantError
+from imp_kernels import ptx
+from imp_kernels.compat import cuda
+from imp_kernels.launch import device_jit, jit, launch
+from imp_kernels.mma_frag import load_x8_bf16, store_out, bf16x2_to_f16x2
+from imp_kernels.repack import fp8_untile
+
+__all__ = ["gemv_fp8", "gemv_fp8_ref"]
+
+MAX_WARPS = 16
+MAX_M = 8
+PER_TENSOR, PER_CHANNEL, BLOCK128 = 0, 1, 2
+
+
+@device_jit(inline="always")
+def _fp8_frags(wg, wg8):
+    """Two code words (row g / row g+8, 4 e4m3 each) -> 4 f16x2 A fragments."""
+    return (ptx.cvt_f16x2_e4m3x2(np.uint32(wg & 0xFFFF)), ptx.cvt_f16x2_e4m3x2(np.uint32(wg8 & 0xFFFF)),
+            ptx.cvt_f16x2_e4m3x2(np.uint32(wg >> 16)), ptx.cvt_f16x2_e4m3x2(np.uint32(wg8 >> 16)))
+
+
+@device_jit(inline="always")
+def _load_fp8_chunk(x32, m_rows, k, codes, kc_total, tile0, lane, g, t, kc):
+    zw = np.uint32(0)
+    wa, wb, xq = (zw, zw, zw, zw), (zw, zw, zw, zw), (zw, zw, zw, zw)
+    if kc < kc_total:
+        i0 = (tile0 * kc_total + kc) * 32 + lane
+        wa = ptx.ld_v4(codes, i0 * 4)
+        wb = ptx.ld_v4(codes, (i0 + kc_total * 32) * 4)
+        xq = load_x8_bf16(x32, m_rows, k, g, kc * 32 + 8 * t)
+    return wa, wb, xq
+
+
+@jit
+def _gemv_fp8_kernel(x32, m_rows, k, codes, kc_total, scale, mode, kb_total, out, n_cols, out_f32,
+                     res, has_res):
+    red = cuda.shared.array((MAX_WARPS, 32, 8), np.float32)
+    tid = cuda.threadIdx.x
+    lane = tid & 31
+    warp = tid >> 5
+    nwarps = cuda.blockDim.x >> 5
+    g = lane >> 2
+    t = lane & 3
+    tile0 = cuda.blockIdx.x * 2
+    z = np.float32(0.0)
+    a0, a1, a2, a3, b0, b1, b2, b3 = z, z, z, z, z, z, z, z
+    kc = warp
+    wa, wb, xq = _load_fp8_chunk(x32, m_rows, k, codes, kc_total, tile0, lane, g, t, kc)
+    while kc < kc_total:
+        kn = kc + nwarps
+        na, nb, nx = _load_fp8_chunk(x32, m_rows, k, codes, kc_total, tile0, lane, g, t, kn)
+        x0 = bf16x2_to_f16x2(xq[0])
+        x1 = bf16x2_to_f16x2(xq[1])
+        x2 = bf16x2_to_f16x2(xq[2])
+        x3 = bf16x2_to_f16x2(xq[3])
+        fa = _fp8_frags(wa[0], wa[1])
+        fb = _fp8_frags(wb[0], wb[1])
+        if mode == 2:
+            c0, c1, c2, c3 = ptx.mma_f16(fa[0], fa[1], fa[2], fa[3], x0, x1, z, z, z, z)
+            d0, d1, d2, d3 = ptx.mma_f16(fb[0], fb[1], fb[2], fb[3], x0, x1, z, z, z, z)
+        else:
+            c0, c1, c2, c3 = ptx.mma_f16(fa[0], fa[1], fa[2], fa[3], x0, x1, a0, a1, a2, a3)
+            d0, d1, d2, d3 = ptx.mma_f16(fb[0], fb[1], fb[2], fb[3], x0, x1, b0, b1, b2, b3)
+        fa = _fp8_frags(wa[2], wa[3])
+        fb = _fp8_frags(wb[2], wb[3])
+        c0, c1, c2, c3 = ptx.mma_f16(fa[0], fa[1], fa[2], fa[3], x2, x3, c0, c1, c2, c3)
+        d0, d1, d2, d3 = ptx.mma_f16(fb[0], fb[1], fb[2], fb[3], x2, x3, d0, d1, d2, d3)
+        if mode == 2:
+            # rows of both tiles lie in one 128-row block (32 | 128), the chunk in one 128 column block
+            sblk = scale[((tile0 * 16) >> 7) * kb_total + (kc >> 2)]
+            a0 += c0 * sblk
+            a1 += c1 * sblk
+            a2 += c2 * sblk
+            a3 += c3 * sblk
+            b0 += d0 * sblk
+            b1 += d1 * sblk
+            b2 += d2 * sblk
+            b3 += d3 * sblk
+        else:
+            a0, a1, a2, a3, b0, b1, b2, b3 = c0, c1, c2, c3, d0, d1, d2, d3
+        wa, wb, xq = na, nb, nx
+        kc = kn
+    red[warp, g, 2 * t] = a0
+    red[warp, g, 2 * t + 1] = a1
+    red[warp, g + 8, 2 * t] = a2
+    red[warp, g + 8, 2 * t + 1] = a3
+    red[warp, 16 + g, 2 * t] = b0
+    red[warp, 16 + g, 2 * t + 1] = b1
+    red[warp, 24 + g, 2 * t] = b2
+    red[warp, 24 + g, 2 * t + 1] = b3
+    cuda.syncthreads()
+    for idx in range(tid, 256, cuda.blockDim.x):
+        r = idx >> 3
+        m = idx & 7
+        row = tile0 * 16 + r
+        if m < m_rows and row < n_cols:
+            acc = np.float32(0.0)
+            for w in range(nwarps):
+                acc += red[w, r, m]
+            if mode == 0:
+                acc *= scale[0]
+            elif mode == 1:
+                acc *= scale[row]
+            store_out(out, out_f32, res, has_res, m, n_cols, row, acc)
+
+
+def _scale_mode(scale: torch.Tensor, n: int, k: int) -> tuple[int, int]:
+    if scale.dtype != torch.float32:
+        raise QuantError(f"gemv_fp8: scale must be float32 on the device, got {scale.dtype}")
+    if scale.numel() == 1:
+        return PER_TENSOR, 1
+    if scale.dim() in (1, 2) and scale.shape[0] == n and scale.numel() == n:
+        return PER_CHANNEL, 1
+    kb = -(-k // 128)
+    if tuple(scale.shape) == (-(-n // 128), kb):
+        return BLOCK128, kb
+    raise QuantError(f"gemv_fp8: scale shape {list(scale.shape)} is none of [1], [{n}], "
+                     f"[{-(-n // 128)}, {kb}] (per-tensor, per-channel, 128x128 blocks)")
+
+
+def _check(x, codes, scale, out, residual):
+    if x.dtype != torch.bfloat16 or x.dim() != 2 or not x.is_contiguous():
+        raise QuantError(f"gemv_fp8: x must be contiguous bf16 [M, K], got {x.dtype} {list(x.shape)}")
+    m, k = x.shape
+    if not 1 <= m <= MAX_M or k % 8:
+        raise QuantError(f"gemv_fp8: need 1 <= M <= {MAX_M} and K % 8 == 0, got x {list(x.shape)}")
+    if codes.dtype != torch.int32 or codes.dim() != 4 or codes.shape[2:] != (32, 4) or codes.shape[0] % 2:
+        raise QuantError(f"gemv_fp8: codes must be repack.fp8_tile output, got {codes.dtype} {list(codes.shape)}")
+    nt, kc = codes.shape[:2]
+    if k > kc * 32:
+        raise QuantError(f"gemv_fp8: x has K={k}, weights hold K<={kc * 32}")
+    if out.dim() != 2 or out.shape[0] != m or out.shape[1] > nt * 16 or not out.is_contiguous() \
+            or out.dtype not in (torch.bfloat16, torch.float32):
+        raise QuantError(f"gemv_fp8: out must be contiguous bf16/fp32 [{m}, N<={nt * 16}], got {out.dtype} {list(out.shape)}")
+    if residual is not None and (residual.shape != out.shape or residual.dtype != torch.bfloat16
+                                 or not residual.is_contiguous()):
+        raise QuantError(f"gemv_fp8: residual must be contiguous bf16 {list(out.shape)}")
+    return _scale_mode(scale, out.shape[1], k)
+
+
+def gemv_fp8(x: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor, out: torch.Tensor, *,
+             residual: torch.Tensor | None = None, warps: int | None = None) -> None:
+    """``out = x @ (W * scale)^T (+ residual)``; W from ``repack.fp8_tile``. No allocation/sync."""
+    mode, kb = _check(x, codes, scale, out, residual)
+    m, k = x.shape
+    nt, kc = codes.shape[:2]
+    n = out.shape[1]
+    if warps is None:
+        want = max(1, -(-132 * 24 // max(1, nt // 2)))
+        warps = 1
+        while warps < want and warps < MAX_WARPS:
+            warps *= 2
+        warps = max(1, min(warps, kc))
+    res = residual if residual is not None else out
+    launch(_gemv_fp8_kernel, nt // 2, 32 * warps, x.view(torch.int32).reshape(-1), m, k,
+           codes.reshape(-1), kc, scale.reshape(-1), mode, kb, out.reshape(-1), n,
+           int(out.dtype == torch.float32),
+           res.reshape(-1).view(torch.int16) if res.dtype == torch.bfloat16 else res.reshape(-1),
+           int(residual is not None))
+
+
+def fp8_dequant(w_u8: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """e4m3 bits [N, K] x scale (per-tensor / per-channel / 128-blocks) -> float32 [N, K]."""
+    n, k = w_u8.shape
+    w = w_u8.view(torch.float8_e4m3fn).float()
+    s = scale.float()
+    if s.numel() == 1:
+        return w * s.reshape(())
+    if s.numel() == n:
+        return w * s.reshape(n, 1)
+    full = s.repeat_interleave(128, 0)[:n].repeat_interleave(128, 1)[:, :k]
+    return w * full
+
+
+def gemv_fp8_ref(x, codes, scale, out, *, residual=None, warps=None) -> None:
+    """Torch reference of ``gemv_fp8`` (same arguments)."""
+    _check(x, codes, scale, out, residual)
+    m, k = x.shape
+    n = out.shape[1]
+    wf = fp8_dequant(fp8_untile(codes, n, k), scale)
+    y = x.float() @ wf.t()
+    if residual is not None:
+        y = y + residual.float()
+    out.copy_(y.to(out.dtype))
