@@ -5,10 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence, TextIO
 
+import torch
+
 from imp_core.engine import GenerationStats, Generator
+from imp_core.errors import PromptTooLongError
 from imp_core.logging import log_plan
 from imp_core.plugins import PluginSet
-from imp_core.runtime import Session, load_session
+from imp_core.runtime import Session, build_model, inspect_checkpoint, load_tokenizer
 from imp_core.sampling import Sampler, SamplingParams
 from imp_core.settings import ResolvedSettings
 from imp_core.stop import StopMatcher
@@ -20,9 +23,8 @@ def sampling_params(resolved: ResolvedSettings) -> SamplingParams:
                           repeat_penalty=s.repeat_penalty, repeat_last_n=s.repeat_last_n, seed=s.seed)
 
 
-def prompt_ids(session: Session, text: str, use_chat: bool) -> tuple[list[int], str]:
+def prompt_ids(tok: Any, text: str, use_chat: bool) -> tuple[list[int], str]:
     """Token ids for ``text`` and a word on how they were made (chat template or raw)."""
-    tok = session.tokenizer
     if use_chat and tok.has_chat_template:
         return tok.encode_chat([{"role": "user", "content": text}], add_generation_prompt=True), "chat template"
     how = "raw (--raw)" if not use_chat else "raw (the checkpoint has no chat template)"
@@ -60,14 +62,21 @@ def stream(session: Session, ids: list[int], resolved: ResolvedSettings, *, stop
 
 def run_prompt(model_path: Path, text: str, resolved: ResolvedSettings, plugins: PluginSet, *,
                stop: Sequence[str] = (), out: TextIO) -> GenerationStats:
-    session = load_session(model_path, resolved, plugins)
-    resolved = session.inspection.settings
-    ids, how = prompt_ids(session, text, resolved.settings.runtime.chat)
-    session.inspection.plan.append(("prompt", f"{len(ids)} tokens, {how}"))
+    insp = inspect_checkpoint(model_path, resolved, plugins)
+    resolved = insp.settings
+    tokenizer = load_tokenizer(insp)
+    ids, how = prompt_ids(tokenizer, text, resolved.settings.runtime.chat)
+    if len(ids) > insp.context:  # refused before any weight is read
+        raise PromptTooLongError(f"prompt is {len(ids)} tokens but the context holds {insp.context} "
+                                 f"(runtime.context); shorten the prompt or raise --context")
+    insp.plan.append(("prompt", f"{len(ids)} tokens, {how}"))
+    if insp.settings.settings.runtime.threads:
+        torch.set_num_threads(insp.settings.settings.runtime.threads)
+    session = Session(insp, build_model(insp), tokenizer)
     params = sampling_params(resolved)
-    sampler = Sampler(params, vocab_size=session.inspection.info.vocab_size, device=session.model.device)
-    session.inspection.plan.append(("sampling", _describe_sampling(params, sampler.seed)))
-    log_plan("resolved plan", session.inspection.plan)
+    sampler = Sampler(params, vocab_size=insp.info.vocab_size, device=session.model.device)
+    insp.plan.append(("sampling", _describe_sampling(params, sampler.seed)))
+    log_plan("resolved plan", insp.plan)
     return stream(session, ids, resolved, stop=stop, out=out, sampler=sampler)
 
 
@@ -79,7 +88,3 @@ def _describe_sampling(p: SamplingParams, seed: int) -> str:
     if p.repeat_penalty != 1.0:
         core += f", repeat_penalty {p.repeat_penalty} over {p.repeat_last_n}"
     return f"{core}, seed {seed}"
-
-
-def describe(obj: Any) -> str:  # pragma: no cover - debugging aid
-    return repr(obj)
