@@ -33,6 +33,10 @@ def _human(n: float) -> str:
     return str(n)
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 class Qwen36Family(Family):
     name = "qwen36"
     skip_prefixes = ("mtp.",)  # the multi-token-prediction head (transformers ignores it too)
@@ -96,9 +100,9 @@ class Qwen36Family(Family):
         rows += [
             ("hidden / vocab", f"{cfg.hidden_size} / {cfg.vocab_size}"),
             ("cache per token", f"{_human(self.cache_bytes_per_token(cfg, dtype))} "
-                                f"(K/V of the {n_full} full-attention layers, {dname})"),
+                                f"(K/V of {_count(n_full, 'full-attention layer')}, {dname})"),
             ("cache per sequence", f"{_human(self.state_bytes_per_sequence(cfg, dtype))} "
-                                   f"(conv {dname} + recurrent fp32 state of the {n_lin} DeltaNet layers)"),
+                                   f"(conv {dname} + recurrent fp32 state of {_count(n_lin, 'DeltaNet layer')})"),
             ("max context", str(cfg.max_position_embeddings)),
         ]
         return rows

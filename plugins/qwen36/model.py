@@ -4,7 +4,7 @@ Embedding (no scaling) -> per layer: x += Mixer(N(x)), x += FFN(N(x)) with zero-
 norms, the mixer a Gated DeltaNet (linear_attention layers) or gated full attention
 (full_attention layers) -> final (1+w) norm -> untied lm_head. Text-only positions make the
 interleaved mRoPE equal to plain 1-D RoPE over the first ``rotary_dim`` dims (shown in
-tests/test_qwen36_rope.py), so one ``Rotary`` table serves every full-attention layer.
+tests/test_qwen36_layers.py), so one ``Rotary`` table serves every full-attention layer.
 """
 
 from __future__ import annotations
