@@ -1,1 +1,31 @@
-"""imp_gemma4: placeholder; the family lands with its own issue."""
+"""imp_gemma4: the Gemma-4 family (gemma-4-26B-A4B: sliding + global attention, dense MLP beside MoE).
+
+Hook implementations only; the model is imported lazily through the registered builder, and
+the policy answers are pure functions in ``imp_gemma4.policy``.
+"""
+
+from imp_core.hookspecs import hookimpl
+
+
+@hookimpl
+def imp_register_architectures(register):
+    register(
+        family="gemma4",
+        builder="imp_gemma4.family:Gemma4Family",
+        hf_architectures=["Gemma4ForConditionalGeneration", "Gemma4ForCausalLM"],
+        model_types=["gemma4", "gemma4_text"],
+    )
+
+
+@hookimpl
+def imp_attention_backend(layer, candidates, settings):
+    from imp_gemma4.policy import attention_backend
+
+    return attention_backend(layer, candidates)
+
+
+@hookimpl
+def imp_phase_policy(phase, model, default, settings):
+    from imp_gemma4.policy import phase_decision
+
+    return phase_decision(phase, model, default)

@@ -1,0 +1,26 @@
+"""Real-shape configs (text decoder) for benchmarks and full-size smoke runs with random weights.
+
+Values: architectures.md §2.1 (google/gemma-4-26B-A4B-it text_config, in the published spelling
+with global_head_dim / num_global_key_value_heads rather than transformers' per_layer_config).
+"""
+
+GEMMA_4_26B_A4B = {
+    "architecture": "Gemma4ForConditionalGeneration",
+    "vocab_size": 262144, "hidden_size": 2816, "intermediate_size": 2112, "num_hidden_layers": 30,
+    "num_attention_heads": 16, "num_key_value_heads": 8, "head_dim": 256,
+    "global_head_dim": 512, "num_global_key_value_heads": 2, "attention_k_eq_v": True,
+    "layer_types": (["sliding_attention"] * 5 + ["full_attention"]) * 5,
+    "sliding_window": 1024,
+    "rope_parameters": {
+        "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+        "full_attention": {"rope_type": "proportional", "rope_theta": 1000000.0, "partial_rotary_factor": 0.25},
+    },
+    "rms_norm_eps": 1e-6, "final_logit_softcapping": 30.0, "hidden_activation": "gelu_pytorch_tanh",
+    "enable_moe_block": True, "num_experts": 128, "top_k_experts": 8, "moe_intermediate_size": 704,
+    "hidden_size_per_layer_input": 0, "num_kv_shared_layers": 0, "use_double_wide_mlp": False,
+    "use_bidirectional_attention": "vision", "attention_bias": False,
+    "tie_word_embeddings": True, "max_position_embeddings": 262144,
+    "pad_token_id": 0, "bos_token_id": 2, "eos_token_id": [1, 106],
+}
+
+PRESETS = {"gemma-4-26b-a4b": GEMMA_4_26B_A4B}
