@@ -36,7 +36,8 @@ from imp_kernels.repack import nvfp4_untile
 __all__ = ["moe_nvfp4", "moe_nvfp4_ref", "SILU", "GELU_TANH", "moe_scratch_shape"]
 
 SILU, GELU_TANH = 0, 1
-MAX_WARPS = 32
+MAX_WARPS = 32  # shared-memory sizing; launches use at most LAUNCH_WARPS (80 regs x 1024 threads would not fit)
+LAUNCH_WARPS = 16
 MAX_M = 8
 
 
@@ -257,9 +258,9 @@ def moe_scratch_shape(m: int, topk: int, inter: int, shared: bool) -> tuple[int,
 def _warps(blocks: int, work: int) -> int:
     want = max(1, -(-132 * 24 // max(1, blocks)))
     w = 1
-    while w < want and w < MAX_WARPS:
+    while w < want and w < LAUNCH_WARPS:
         w *= 2
-    return max(1, min(w, work, MAX_WARPS))
+    return max(1, min(w, work, LAUNCH_WARPS))
 
 
 def _check(x, ids, wts, gate_up, down, out, h, shared, residual):

@@ -23,7 +23,7 @@ Conversions: ``cvt_f16x2_e4m3x2(w)`` (low 16 bits = two e4m3 bytes, byte 0 -> el
   ``cvt_f16x2_f32(hi, lo)``, ``f16_lo(w)`` / ``f16_hi(w)`` -> float32, ``hmul2(a, b)``,
   ``hsub2(a, b)``, ``bits_to_f32(u)``, ``f32_to_bits(f)``, ``cvt_bf16_f32(f)`` (round to nearest
   even, returns the 16 bits in a uint32), ``prmt(a, b, sel)``.
-Warp: ``shfl_xor_f32(v, lanemask)`` (full-warp butterfly exchange).
+Warp: ``shfl_xor_f32(v, lanemask)`` (full-warp butterfly exchange), ``syncwarp()``.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from imp_kernels.compat import SIMULATOR, cuda
 __all__ = [
     "ld_v4", "ld_v4_cached", "ld_v2", "mma_f16", "mma_bf16", "cvt_f16x2_e4m3x2", "cvt_f16x2_f32", "f16_lo",
     "f16_hi", "hmul2", "hsub2", "bits_to_f32", "f32_to_bits", "cvt_bf16_f32", "prmt",
-    "shfl_xor_f32",
+    "shfl_xor_f32", "syncwarp",
 ]
 
 if not SIMULATOR:
@@ -186,6 +186,10 @@ if not SIMULATOR:
     def shfl_xor_f32(v, lanemask):
         return cuda.shfl_xor_sync(0xFFFFFFFF, v, lanemask)
 
+    @cuda.jit(device=True, inline="always")
+    def syncwarp():
+        cuda.syncwarp(0xFFFFFFFF)
+
 else:  # ---------------------------------------------------------------- simulator twins
     _U32 = np.uint32
 
@@ -284,6 +288,9 @@ else:  # ---------------------------------------------------------------- simula
     def shfl_xor_f32(v, lanemask):
         vals, lane = _exchange(np.float32(v))
         return vals[lane ^ int(lanemask)]
+
+    def syncwarp():
+        _exchange(None)
 
     _E4M3 = None
 
