@@ -1,0 +1,73 @@
+"""RMSNorm kernel (imp_kernels.rmsnorm) vs imp_core.layers.norms under the CUDA simulator."""
+
+from kernels_sim import rel_err, sim_skip  # noqa: I001  (must precede imp_kernels)
+
+import pytest
+import torch
+
+from imp_kernels.ops_common import KernelArgError
+from imp_kernels.rmsnorm import rmsnorm, rmsnorm_ref, rmsnorm_threads
+
+pytestmark = sim_skip
+
+
+def _bf16_ulps(a: torch.Tensor, b: torch.Tensor) -> int:
+    """Largest distance in bf16 units of last place between two bf16 tensors (same signs)."""
+    ia = a.view(torch.int16).int()
+    ib = b.view(torch.int16).int()
+    return int((ia - ib).abs().max())
+
+
+@pytest.mark.parametrize("rows,n,mode,offset,weighted,with_res", [
+    (1, 512, "fp32", 0.0, True, False),     # Gemma plain weight
+    (3, 264, "fp32", 1.0, True, True),      # Qwen zero-centred, fused residual, ragged chunks
+    (2, 136, "llama", 0.0, True, True),     # Mistral: weight multiply in bf16
+    (4, 64, "fp32", 0.0, False, False),     # weightless (v_norm / router input), per-head rows
+    (1, 2048, "llama", 1.0, True, False),   # several chunks per thread
+])
+def test_rmsnorm_matches_reference(rows, n, mode, offset, weighted, with_res):
+    g = torch.Generator().manual_seed(rows * 1000 + n)
+    x = (torch.randn(rows, n, generator=g) * 3).bfloat16()
+    w = (torch.randn(n, generator=g) * 0.5 + 0.2).bfloat16() if weighted else None
+    res = (torch.randn(rows, n, generator=g) * 2).bfloat16() if with_res else None
+    eps = 1e-6 if mode == "fp32" else 1e-5
+    out = torch.full((rows, n), float("nan")).bfloat16()
+    res_k = res.clone() if res is not None else None
+    rmsnorm(x, w, out, eps=eps, mode=mode, offset=offset, residual=res_k)
+
+    # independent float64 reference of the same rounding sequence
+    h = (x.double() + res.double()).bfloat16() if res is not None else x
+    hd = h.double()
+    xn = hd / torch.sqrt(hd.pow(2).mean(-1, keepdim=True) + eps)
+    if w is None:
+        ref = xn
+    elif mode == "fp32":
+        ref = xn * (w.double() + offset)
+    else:
+        ref = xn.bfloat16().double() * (w.double() + offset).bfloat16().double()
+    assert rel_err(out, ref) < 5e-3
+    if res is not None:
+        assert torch.equal(res_k, h)  # new residual written back exactly
+    # the module's torch reference (imp_core.layers.norms): at most one bf16 ulp apart
+    out_ref = torch.full_like(out, float("nan"))
+    res_r = res.clone() if res is not None else None
+    rmsnorm_ref(x, w, out_ref, eps=eps, mode=mode, offset=offset, residual=res_r)
+    assert _bf16_ulps(out, out_ref) <= 1
+    assert (out != out_ref).float().mean() < 0.02
+
+
+def test_rmsnorm_in_place_and_bad_args():
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(2, 96, generator=g).bfloat16()
+    w = torch.randn(96, generator=g).bfloat16()
+    ref = torch.empty_like(x)
+    rmsnorm_ref(x, w, ref, eps=1e-6)
+    rmsnorm(x, w, x, eps=1e-6)  # out aliases x
+    assert _bf16_ulps(x, ref) <= 1
+    assert rmsnorm_threads(2048) == 256 and rmsnorm_threads(5120) == 256 and rmsnorm_threads(16384) == 512
+    with pytest.raises(KernelArgError):
+        rmsnorm(x, w[:64], torch.empty_like(x), eps=1e-6)
+    with pytest.raises(KernelArgError):
+        rmsnorm(x.float(), w, torch.empty_like(x), eps=1e-6)
+    with pytest.raises(KernelArgError):
+        rmsnorm(x, w, torch.empty_like(x), eps=1e-6, mode="gemma")
