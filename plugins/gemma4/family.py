@@ -18,6 +18,14 @@ def _itemsize(dtype: torch.dtype) -> int:
     return torch.empty(0, dtype=dtype).element_size()
 
 
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB"):
+        if n < 1024:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
 class Gemma4Family(Family):
     name = FAMILY
 
@@ -97,9 +105,9 @@ class Gemma4Family(Family):
                             f"{cfg.final_logit_softcapping if cfg.final_logit_softcapping else 'none'}"),
                  ("max context", str(cfg.max_position_embeddings))]
         bf16 = torch.bfloat16
-        rows.append(("kv cache (bf16)", f"{self.cache_bytes_per_token(cfg, bf16)} B/token in {len(full)} global "
-                                        f"layers + {self.sliding_cache_bytes(cfg, bf16) / 2**20:.1f} MiB fixed in "
-                                        f"{len(sliding)} sliding rings"))
+        rows.append(("kv cache (bf16)", f"{_human(self.cache_bytes_per_token(cfg, bf16))}/token in {len(full)} "
+                                        f"global layers + {_human(self.sliding_cache_bytes(cfg, bf16))} fixed in "
+                                        f"{len(sliding)} sliding rings (the window's worth)"))
         return rows
 
     # -- random weights at real shapes ------------------------------------------------------
