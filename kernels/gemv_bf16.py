@@ -16,7 +16,7 @@ import torch
 from imp_core.errors import QuantError
 from imp_kernels import ptx
 from imp_kernels.compat import cuda
-from imp_kernels.launch import device_jit, jit, launch
+from imp_kernels.launch import device_jit, jit, launch, require_aligned
 from imp_kernels.mma_frag import store_out
 
 __all__ = ["gemv_bf16", "gemv_bf16_ref", "linear_bf16", "TORCH_WINS"]
@@ -121,6 +121,7 @@ def gemv_bf16(x: torch.Tensor, w: torch.Tensor, out: torch.Tensor, *,
               residual: torch.Tensor | None = None, warps: int | None = None) -> None:
     """Numba tensor-core GEMV ``out = x @ w^T (+ residual)``; no allocation, no sync."""
     _check(x, w, out, residual)
+    require_aligned("gemv_bf16", x, w)
     m, k = x.shape
     n = w.shape[0]
     blocks = -(-n // 32)

@@ -17,7 +17,7 @@ import torch
 from imp_core.errors import QuantError
 from imp_kernels import ptx
 from imp_kernels.compat import cuda
-from imp_kernels.launch import device_jit, jit, launch
+from imp_kernels.launch import device_jit, jit, launch, require_aligned
 from imp_kernels.mma_frag import load_x8_bf16, store_out, bf16x2_to_f16x2
 from imp_kernels.repack import fp8_untile
 
@@ -158,6 +158,7 @@ def gemv_fp8(x: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor, out: tor
              residual: torch.Tensor | None = None, warps: int | None = None) -> None:
     """``out = x @ (W * scale)^T (+ residual)``; W from ``repack.fp8_tile``. No allocation/sync."""
     mode, kb = _check(x, codes, scale, out, residual)
+    require_aligned("gemv_fp8", x, codes)
     m, k = x.shape
     nt, kc = codes.shape[:2]
     n = out.shape[1]

@@ -19,7 +19,7 @@ from imp_kernels import ptx
 from imp_kernels.compat import cuda
 from imp_kernels.gguf_common import (SPAN_WORDS, bf16_hi, bf16_lo, load_x32, span_load, span_store,
                                      warp_sum, word_at)
-from imp_kernels.launch import device_jit, jit, launch
+from imp_kernels.launch import device_jit, jit, launch, require_aligned
 from imp_kernels.mma_frag import store_out
 from imp_kernels.repack import GGUF_BLOCKS
 
@@ -276,6 +276,7 @@ def gemv_gguf(x: torch.Tensor, raw32: torch.Tensor, qtype: str, n: int, out: tor
               residual: torch.Tensor | None = None) -> None:
     """``out = x @ W^T (+ residual)`` for a GGUF ``qtype`` tensor of N rows x K (= x.shape[1])."""
     rb = _check(x, raw32, qtype, n, out, residual)
+    require_aligned("gemv_gguf", x, raw32)
     m, k = x.shape
     res = residual if residual is not None else out
     launch(_KERNELS[qtype], -(-n // ROWS), 32 * ROWS, x.view(torch.int32).reshape(-1), m, k, raw32, rb, n,

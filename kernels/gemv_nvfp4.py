@@ -17,7 +17,7 @@ import torch
 from imp_core.errors import QuantError
 from imp_kernels import ptx
 from imp_kernels.compat import cuda
-from imp_kernels.launch import jit, launch
+from imp_kernels.launch import jit, launch, require_aligned
 from imp_kernels.mma_frag import load_x16_raw, nvfp4_frags, store_out, x16_to_f16
 from imp_kernels.repack import nvfp4_untile
 
@@ -141,6 +141,7 @@ def gemv_nvfp4(x: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor, gscal
     """``out = x @ dequant(W)^T (+ residual)``; W in ``repack.nvfp4_tile`` layout. No allocation,
     no host sync (``gscale`` stays on the device)."""
     _check(x, codes, scales, gscale, out, residual)
+    require_aligned("gemv_nvfp4", x, codes)
     m, k = x.shape
     nt, kc = codes.shape[:2]
     n = out.shape[1]

@@ -32,7 +32,7 @@ import torch
 
 from imp_kernels.compat import SIMULATOR, cuda
 
-__all__ = ["as_device_array", "current_stream", "launch", "warmup", "jit", "device_jit"]
+__all__ = ["as_device_array", "current_stream", "launch", "warmup", "jit", "device_jit", "require_aligned"]
 
 _BITS_VIEW = {
     torch.bfloat16: torch.uint16,
@@ -90,6 +90,17 @@ def current_stream() -> Any:
         s = cuda.external_stream(handle)
         _streams[handle] = s
     return s
+
+
+def require_aligned(what: str, *tensors: Any, align: int = 16) -> None:
+    """Raise ``QuantError`` unless every tensor's data starts on an ``align``-byte boundary
+    (the kernels issue 16-byte vector loads; a sliced view can start anywhere)."""
+    from imp_core.errors import QuantError
+
+    for t in tensors:
+        if isinstance(t, torch.Tensor) and t.data_ptr() % align:
+            raise QuantError(f"{what}: tensor {list(t.shape)} {t.dtype} does not start on a {align}-byte "
+                             "boundary; pass a contiguous copy")
 
 
 def launch(kernel: Any, grid: Any, block: Any, *args: Any, shared_bytes: int = 0) -> None:

@@ -29,7 +29,7 @@ from imp_core.errors import QuantError
 from imp_kernels import ptx
 from imp_kernels.compat import cuda
 from imp_kernels.gemv_nvfp4 import nvfp4_dequant
-from imp_kernels.launch import device_jit, jit, launch
+from imp_kernels.launch import device_jit, jit, launch, require_aligned
 from imp_kernels.mma_frag import load_x16_raw, nvfp4_frags, store_out, x16_to_f16
 from imp_kernels.repack import nvfp4_untile
 
@@ -314,6 +314,7 @@ def moe_nvfp4(x, topk_ids, topk_weights, gate_up, down, out, h, *, activation: i
     (gu_codes, gu_scales, gu_gs, dn_codes, dn_scales, dn_gs) 1-expert stacks; h: fp32 scratch of
     ``moe_scratch_shape``. No allocation, no host sync."""
     m, hdim, inter, n_slots = _check(x, topk_ids, topk_weights, gate_up, down, out, h, shared, residual)
+    require_aligned("moe_nvfp4", x, h, gate_up[0], down[0])
     gu_c, gu_s, gu_g = gate_up
     dn_c, dn_s, dn_g = down
     e_count = gu_c.shape[0]
