@@ -7,9 +7,9 @@ from imp_core.hookspecs import hookimpl
 
 @hookimpl(trylast=True)
 def imp_detect_quant(checkpoint, family):
-    from imp_core.quant_detect import detect_unquantized
+    from imp_core.quant_detect import detect_quant
 
-    return detect_unquantized(checkpoint)
+    return detect_quant(checkpoint)
 
 
 @hookimpl(trylast=True)

@@ -79,6 +79,19 @@ class Family(ABC):
         """An extra stored-name -> model-name map (GGUF names), or None."""
         return None
 
+    # -- GGUF (see imp_core.checkpoint.gguf_names; all optional) ---------------------------
+    def gguf_names(self) -> Any:
+        """The family's ``GGUFNameTable`` (GGUF <-> HF tensor names), or None: no GGUF support."""
+        return None
+
+    def config_from_gguf(self, metadata: dict[str, Any], tensors: dict[str, Any], *, where: str) -> dict[str, Any]:
+        """A config.json-like dict from GGUF metadata (``<arch>.*`` keys), parsed by parse_config."""
+        raise CheckpointError(f"{where}: family '{self.name}' cannot read GGUF metadata")
+
+    def gguf_transforms(self, config: Any, metadata: dict[str, Any]) -> dict[str, Callable[[Any], Any]]:
+        """Converter transforms to undo, keyed by HF name or per-layer suffix (see gguf_names)."""
+        return {}
+
     def max_context(self, config: Any) -> int:
         return int(getattr(config, "max_position_embeddings", 4096))
 

@@ -74,6 +74,7 @@ class Inspection:
     attention: list[AttentionChoice]
     fast_path_reasons: list[str]
     plan: list[tuple[str, str]] = field(default_factory=list)
+    load_report: list[tuple[str, str]] = field(default_factory=list)  # what Phase 0 did (after loading)
 
 
 def _generation_defaults(checkpoint: Checkpoint, resolved: ResolvedSettings
@@ -109,6 +110,10 @@ def inspect_checkpoint(path: str | Path, resolved: ResolvedSettings, plugins: Pl
                            model_types=checkpoint.model_types,
                            gguf_architecture=checkpoint.gguf_architecture, where=str(checkpoint.path))
     family = plugins.load_family(spec)
+    if checkpoint.format == "gguf":
+        from imp_core.checkpoint.gguf_names import config_for_gguf
+
+        checkpoint.config = config_for_gguf(family, checkpoint)
     config = family.parse_config(checkpoint)
     quant_plan = plugins.hook.imp_detect_quant(checkpoint=checkpoint, family=spec.family)
     if quant_plan is None:
@@ -140,6 +145,7 @@ def inspect_checkpoint(path: str | Path, resolved: ResolvedSettings, plugins: Pl
         ("checkpoint", f"{checkpoint.path} ({checkpoint.format}, {len(checkpoint.tensors)} tensors, "
                        f"{checkpoint.total_bytes / 2**30:.2f} GiB)"),
         ("weights", quant_plan.summary()),
+        *[("quant", d) for d in quant_plan.details],
         ("device / dtype", f"{device} / {str(dtype).replace('torch.', '')}"),
         ("context", f"{context} tokens ({'runtime.context' if s.runtime.context else 'auto'}; "
                     f"model max {max_ctx})"),
@@ -162,14 +168,35 @@ class Session:
     tokenizer: Any
 
 
+def _renames(insp: Inspection) -> tuple[Any, Any]:
+    """(rename, transform) for the WeightStore: the family's own, behind the GGUF name table."""
+    rename = insp.family.rename(insp.config, insp.checkpoint)
+    if insp.checkpoint.format != "gguf":
+        return rename, None
+    from imp_core.checkpoint.gguf_names import gguf_rename, gguf_transform
+
+    table = insp.family.gguf_names()
+    return (gguf_rename(table, rename),
+            gguf_transform(insp.family.gguf_transforms(insp.config, insp.checkpoint.metadata)))
+
+
 def build_model(insp: Inspection, *, progress: bool = True) -> CausalLM:
-    """Read the weights and build the model the inspection planned."""
+    """Read the weights and build the model the inspection planned; log what Phase 0 did."""
+    from imp_core.phases import PhasePipeline
+
+    rename, transform = _renames(insp)
+    pipeline = PhasePipeline(insp.phases, insp.quant_plan, dequant=insp.settings.settings.quant.dequant,
+                             dtype=insp.dtype, device=insp.device)
     weights = WeightStore(insp.checkpoint, device=insp.device, dtype=insp.dtype,
                           quant_plan=insp.quant_plan, extra_skip=insp.family.skip_prefixes,
-                          rename=insp.family.rename(insp.config, insp.checkpoint), progress=progress)
+                          rename=rename, progress=progress, transform=transform, phases=pipeline)
     model = insp.family.build(insp.config, weights)
     weights.finish(strict=True)
     model.set_attention_backends(insp.attention)
+    pipeline.run_after_build(model)
+    insp.load_report = pipeline.report()
+    for label, text in insp.load_report:
+        logger.info("{}: {}", label, text)
     return model
 
 
@@ -181,6 +208,10 @@ def load_tokenizer(insp: Inspection) -> Any:
         tok = builder(insp.config, insp.checkpoint)
         if tok is not None:
             return tok
+    if insp.checkpoint.format == "gguf":
+        from imp_core.gguf_tokenizer import tokenizer_from_gguf
+
+        return tokenizer_from_gguf(insp.checkpoint.metadata, source=str(insp.checkpoint.path))
     return Tokenizer.from_dir(insp.checkpoint.directory)
 
 

@@ -26,17 +26,23 @@ class WeightStore:
 
     def __init__(self, checkpoint: Checkpoint, *, device: torch.device, dtype: torch.dtype,
                  quant_plan: QuantPlan | None = None, extra_skip: tuple[str, ...] = (),
-                 rename: Callable[[str], str | None] | None = None, progress: bool = True) -> None:
+                 rename: Callable[[str], str | None] | None = None, progress: bool = True,
+                 transform: Callable[[str, Any], Any] | None = None, phases: Any = None) -> None:
+        """``transform(name, tensor)`` undoes a converter's layout (GGUF) on each stored tensor;
+        ``phases`` (an ``imp_core.phases.PhasePipeline``) finishes each quantized weight."""
         self.checkpoint = checkpoint
         self.device = device
         self.dtype = dtype
-        self.quant_plan = quant_plan or QuantPlan()
+        plan = quant_plan or QuantPlan()
+        self.transform = transform
+        self.phases = phases
         self._stored: dict[str, str] = {}
         self.skipped: list[str] = []
+        logical: dict[str, str] = {}
         for stored in checkpoint.tensors:
-            if stored in self.quant_plan.sidecars:
+            if stored in plan.sidecars:
                 continue
-            name = normalize_name(stored, extra_skip)
+            name = normalize_name(plan.logical_name(stored), extra_skip)
             if name is not None and rename is not None:
                 name = rename(name)
             if name is None:
@@ -46,6 +52,8 @@ class WeightStore:
                 raise CheckpointError(f"{checkpoint.path}: tensors '{self._stored[name]}' and '{stored}' "
                                       f"both map to '{name}'")
             self._stored[name] = stored
+            logical[name] = plan.logical_name(stored)
+        self.quant_plan = plan.rekeyed(logical)  # keyed by the model's names
         self._used: set[str] = set()
         total = sum(checkpoint.tensors[s].nbytes for s in self._stored.values())
         self._bar = tqdm(total=total, unit="B", unit_scale=True, desc="loading weights",
@@ -90,15 +98,28 @@ class WeightStore:
         """
         fmt = self.quant_plan.format_of(name)
         if fmt != "dense":
-            from imp_core.quant_loading import load_qtensor  # formats issue
+            from imp_core.quant_loading import load_qtensor
 
-            return load_qtensor(self, name, self.quant_plan.tensors[name], device or self.device)
+            qt = load_qtensor(self, name, self.quant_plan.tensors[name], device or self.device)
+            if self.transform is not None:
+                qt = self.transform(name, qt)
+            if self.phases is not None and not isinstance(qt, torch.Tensor):
+                return self.phases.finish(name, qt)
+            if isinstance(qt, torch.Tensor):
+                return qt.to(dtype=self.dtype if dtype in (None, KEEP) else dtype)
+            return qt
         t = self.raw(name)
+        if self.transform is not None:
+            t = self.transform(name, t)
         target = self.dtype if dtype is None else dtype
         dev = device or self.device
         if target == KEEP or not t.is_floating_point():
             return t.to(dev)
         return t.to(device=dev, dtype=target)
+
+    def format_of(self, name: str) -> str:
+        """"dense", or the quantized format of the weight ``name`` ("nvfp4", "gguf:Q4_K", ...)."""
+        return self.quant_plan.format_of(name)
 
     def get_optional(self, name: str, **kw: Any) -> Any:
         return self.get(name, **kw) if name in self._stored else None

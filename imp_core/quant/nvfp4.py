@@ -55,7 +55,7 @@ def dequant_nvfp4(
     codes: uint8 [..., N, K/2], element 2j in the low nibble of byte j.
     block_scale: float8_e4m3fn [..., N, K/16].
     global_scale: float32 multiplier, a scalar ([] / [1] / python float) or one per leading index
-        ([E] for an [E, N, K/2] expert stack).
+        ([E] for an [E, N, K/2] expert stack), or [E, G] for G equal row groups per expert.
     Returns [..., N, K]; the arithmetic is float32 (E2M1*E4M3 is exact, one rounding for the global
     multiply), cast to ``dtype`` at the end.
     """
@@ -76,17 +76,23 @@ def dequant_nvfp4(
             f"for codes of shape {list(codes.shape)}"
         )
     dev = target_device(device, codes)
-    g = _global_multiplier(global_scale, codes.shape[:-2], what).to(dev)
+    lead = codes.shape[:-2]
+    g = _global_multiplier(global_scale, lead, what, rows=codes.shape[-2]).to(dev)
     values = e2m1_values(codes.to(dev)).unflatten(-1, (k // NVFP4_BLOCK, NVFP4_BLOCK))
     out = values * e4m3_to_float(block_scale.to(dev)).unsqueeze(-1)
-    out = out * g.reshape(*g.shape, 1, 1, 1)
+    out = out * (g.reshape(*g.shape, 1, 1, 1) if g.dim() == len(lead) else g.reshape(*lead, -1, 1, 1))
     return out.flatten(-2).to(dtype)
 
 
-def _global_multiplier(global_scale, lead: torch.Size, what: str) -> torch.Tensor:
+def _global_multiplier(global_scale, lead: torch.Size, what: str, rows: int | None = None) -> torch.Tensor:
     g = _as_fp32(global_scale, f"{what} global scale")
     if g.numel() == 1:
         return g.reshape(())
+    groups = g.numel() // max(lead.numel(), 1)
+    if rows and len(lead) and groups > 1 and g.numel() == lead.numel() * groups and rows % groups == 0:
+        # [E, G]: one global per expert and per equal row group (llm-compressor's repacked gate_up
+        # experts store [E, 2]: gate rows, then up rows) -> one multiplier per row [..., N]
+        return g.reshape(*lead, groups, 1).expand(*lead, groups, rows // groups).reshape(*lead, rows)
     if g.numel() != lead.numel() or len(lead) == 0:
         raise QuantError(
             f"{what} global scale has {g.numel()} values, expected 1 or one per leading index "

@@ -13,4 +13,5 @@ def imp_register_architectures(register):
         builder="imp_mistral.family:MistralFamily",
         hf_architectures=["MistralForCausalLM", "Mistral3ForConditionalGeneration"],
         model_types=["mistral", "mistral3"],
+        gguf_architectures=["llama", "mistral3"],
     )

@@ -35,6 +35,22 @@ class MistralFamily(Family):
 
         return MistralModel(cfg, weights, self.model_info(cfg, weights.checkpoint))
 
+    # -- GGUF (imp_core.checkpoint.gguf_names) ------------------------------------------------
+    def gguf_names(self):
+        from imp_mistral.names import GGUF_NAMES
+
+        return GGUF_NAMES
+
+    def config_from_gguf(self, metadata: dict, tensors: dict, *, where: str) -> dict:
+        from imp_mistral.gguf import config_from_gguf
+
+        return config_from_gguf(metadata, tensors, where=where)
+
+    def gguf_transforms(self, cfg: MistralConfig, metadata: dict) -> dict:
+        from imp_mistral.gguf import gguf_transforms
+
+        return gguf_transforms(cfg)
+
     def config_from_dict(self, data: dict) -> MistralConfig:
         return parse_config(MistralConfig, data, "config dict")
 
