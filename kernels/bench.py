@@ -35,6 +35,12 @@ def case_list(quick: bool):
     cases = []
     for label, n, k in MISTRAL + QWEN + GEMMA:
         cases.append(lambda label=label, n=n, k=k: bc.case_nvfp4(label, n, k))
+    cases.append(lambda: bc.case_moe("qwen experts", 256, 8, 2048, 512))
+    cases.append(lambda: bc.case_moe("qwen experts", 256, 8, 2048, 512, shared=True))
+    cases.append(lambda: bc.case_nvfp4("qwen shared gate_up", 1024, 2048))
+    cases.append(lambda: bc.case_nvfp4("qwen shared down", 2048, 512))
+    cases.append(lambda: bc.case_moe("gemma experts", 128, 8, 2816, 704, activation=bc.GELU_TANH))
+    cases.append(lambda: bc.case_moe("qwen experts", 256, 8, 2048, 512, m=4))
     for label, n, k, m in (("mistral gate_up", 65536, 5120, 4), ("mistral gate_up", 65536, 5120, 8),
                            ("qwen attn q", 8192, 2048, 8)):
         cases.append(lambda label=label, n=n, k=k, m=m: bc.case_nvfp4(label, n, k, m=m))
@@ -55,12 +61,6 @@ def case_list(quick: bool):
         cases.append(lambda label=label, n=n, k=k: bc.case_bf16(label, n, k))
     cases.append(lambda: bc.case_bf16("qwen router", 256, 2048, m=8))
     cases.append(lambda: bc.case_bf16("mistral o", 5120, 4096, m=8))
-    cases.append(lambda: bc.case_moe("qwen experts", 256, 8, 2048, 512))
-    cases.append(lambda: bc.case_moe("qwen experts", 256, 8, 2048, 512, shared=True))
-    cases.append(lambda: bc.case_nvfp4("qwen shared gate_up", 1024, 2048))
-    cases.append(lambda: bc.case_nvfp4("qwen shared down", 2048, 512))
-    cases.append(lambda: bc.case_moe("gemma experts", 128, 8, 2816, 704, activation=bc.GELU_TANH))
-    cases.append(lambda: bc.case_moe("qwen experts", 256, 8, 2048, 512, m=4))
     if quick:
         cases = cases[::6]
     return cases
