@@ -31,7 +31,7 @@ GEMMA = [("gemma q sliding", 4096, 2816), ("gemma q global", 8192, 2816), ("gemm
          ("gemma down", 2816, 2112), ("gemma lm_head", 262144, 2816)]
 
 
-def case_list(quick: bool):
+def case_list(quick: bool, stride: int = 1):
     cases = []
     for label, n, k in MISTRAL + QWEN + GEMMA:
         cases.append(lambda label=label, n=n, k=k: bc.case_nvfp4(label, n, k))
@@ -62,8 +62,8 @@ def case_list(quick: bool):
     cases.append(lambda: bc.case_bf16("qwen router", 256, 2048, m=8))
     cases.append(lambda: bc.case_bf16("mistral o", 5120, 4096, m=8))
     if quick:
-        cases = cases[::6]
-    return cases
+        stride = max(stride, 6)
+    return cases[::stride]
 
 
 def resource_report() -> list[str]:
@@ -94,6 +94,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=os.environ.get("OUT") or "bench/results")
     ap.add_argument("--only", default="")
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--stride", type=int, default=1, help="run every n-th case (a quick sample)")
     ap.add_argument("--stem", default="")
     args = ap.parse_args(argv)
     torch.manual_seed(0)
@@ -102,7 +103,7 @@ def main(argv=None) -> int:
     rows = []
     stem = args.stem or f"{datetime.date.today().isoformat()}-{'h200' if 'H200' in device_name() else 'gpu'}-gemv"
     t_start = time.time()
-    for make in case_list(args.quick):
+    for make in case_list(args.quick, args.stride):
         t0 = time.time()
         case = make()
         if args.only and args.only not in f"{case.kernel} {case.shape}":
