@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from tests.tiny_tokenizer import write_tiny_tokenizer
+from imp_core.testing.tiny_tokenizer import write_tiny_tokenizer
 
 SLIDING, FULL = "sliding_attention", "full_attention"
 TEXT = dict(
@@ -117,9 +117,13 @@ def write_synthetic_checkpoint(dest: Path, *, seed: int = 0, **text_overrides) -
     g = torch.Generator().manual_seed(seed)
     tensors = {}
     for name, (shape, init) in family.synthetic_spec(cfg).items():
-        if init == "ones":
+        if name == "model.norm.weight":
+            t = torch.empty(shape).uniform_(*FINAL_NORM, generator=g)
+        elif name.endswith(("q_norm.weight", "k_norm.weight")):
+            t = torch.empty(shape).uniform_(*QK_NORM, generator=g)
+        elif init == "ones":
             t = torch.empty(shape).uniform_(0.5, 1.5, generator=g)
-        elif name.endswith("embed_tokens.weight"):
+        elif name.endswith(("embed_tokens.weight", "lm_head.weight")):
             t = torch.randn(shape, generator=g) * EMBED_STD
         else:
             t = torch.randn(shape, generator=g) * 0.02

@@ -23,4 +23,13 @@ GEMMA_4_26B_A4B = {
     "pad_token_id": 0, "bos_token_id": 2, "eos_token_id": [1, 106],
 }
 
-PRESETS = {"gemma-4-26b-a4b": GEMMA_4_26B_A4B}
+# The same structure at a size that runs anywhere in seconds (CPU dry runs of the GPU smoke script).
+GEMMA_4_MINI = {
+    **GEMMA_4_26B_A4B, "vocab_size": 4096, "hidden_size": 256, "intermediate_size": 192, "num_hidden_layers": 6,
+    "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 64, "global_head_dim": 128,
+    "num_global_key_value_heads": 1, "layer_types": ["sliding_attention"] * 5 + ["full_attention"],
+    "sliding_window": 64, "num_experts": 16, "top_k_experts": 4, "moe_intermediate_size": 64,
+    "max_position_embeddings": 4096,
+}
+
+PRESETS = {"gemma-4-26b-a4b": GEMMA_4_26B_A4B, "gemma-4-mini": GEMMA_4_MINI}
