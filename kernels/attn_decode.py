@@ -1,0 +1,343 @@
+"""Decode attention (one query token) over a bf16 KV cache on the tensor cores, split-K.
+
+``attn_decode(q, k_cache, v_cache, slot_pos, pos, out, scale=..., window=None, ring=False,
+gate=None, plan=None)``: q [B, H, D], caches [B, Hkv, S, D] (``imp_core.cache.KVCache``
+layout), ``slot_pos`` [S] int64 (-1 = empty), ``pos`` a [1] int64 device tensor. Key slot s is
+visible iff ``0 <= slot_pos[s] <= pos`` and, with a window W, ``slot_pos[s] > pos - W``. GQA:
+query head h reads kv head h // (H/Hkv), group sizes 1..8; D a multiple of 64 (128/256/512).
+``gate`` [B, H*D] bf16 applies Qwen's output gate ``out = bf16(out · bf16(sigmoid(gate)))``.
+
+Kernel 1 (grid splits x Hkv x B; D/64 warps): a block owns one kv head and a range of 16-key
+tiles of the live slots (``S`` for a ring, ``min(S, pos+1)`` otherwise, read on the device);
+warp w owns dims [64w, 64w+64). Per tile: scores ``S = Q·Kᵀ`` with ``mma m16n8k16`` (A = the
+group's <= 8 query heads as rows, B = 8 keys), partial over the warp's dims, summed across warps
+through shared memory; online softmax in fp32 per head; then ``Oᵀ += Vᵀ·Pᵀ`` with A = V
+transposed in registers (16-byte loads of 4 key rows and ``prmt``) and B = the probabilities as
+bf16 (the score C-fragment is exactly the B-fragment layout). Next tile's K/V are loaded before
+the current one is used. With one split it writes ``out`` directly; otherwise fp32 partials
+(unnormalised O, running max, sum) go to ``plan``'s workspace and kernel 2 (grid H x B) merges
+them with the usual log-sum-exp weights and applies the gate.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from imp_core.layers.attention import attend
+from imp_kernels import ptx
+from imp_kernels.compat import cuda
+from imp_kernels.launch import device_jit, jit, launch
+from imp_kernels.ops_common import NEG_INF, bf16_round, check, ld_bf16, pack_bf16, shfl_idx_f32, st_bf16, u32, want
+
+__all__ = ["attn_decode", "attn_decode_ref", "attn_decode_plan", "AttnDecodePlan", "default_splits"]
+
+MAX_WARPS = 8  # D <= 512
+MAX_REP = 8
+
+
+@device_jit(inline="always")
+def _load_tile(k32, v32, row0, tile, cap, dw, w, g, t):
+    """K words of keys 16*tile + g and + 8 + g (dims 64w + 16t.. +16) and V words of keys
+    16*tile + {2t, 2t+1, 2t+8, 2t+9} (dims 64w + 8g.. +8); key indices clamped into the cache."""
+    last = cap - 1
+    key0 = min(tile * 16 + g, last)
+    key1 = min(tile * 16 + 8 + g, last)
+    kb0 = (row0 + key0) * dw + 32 * w + 8 * t
+    kb1 = (row0 + key1) * dw + 32 * w + 8 * t
+    ka = (ptx.ld_v4(k32, kb0), ptx.ld_v4(k32, kb0 + 4))
+    kb = (ptx.ld_v4(k32, kb1), ptx.ld_v4(k32, kb1 + 4))
+    vo = 32 * w + 4 * g
+    r = tile * 16 + 2 * t
+    va = ptx.ld_v4(v32, (row0 + min(r, last)) * dw + vo)
+    vb = ptx.ld_v4(v32, (row0 + min(r + 1, last)) * dw + vo)
+    vc = ptx.ld_v4(v32, (row0 + min(r + 8, last)) * dw + vo)
+    vd = ptx.ld_v4(v32, (row0 + min(r + 9, last)) * dw + vo)
+    return ka, kb, va, vb, vc, vd
+
+
+@device_jit(inline="always")
+def _masked(x, key, n_act, slot_pos, pos, window):
+    if key >= n_act:
+        return NEG_INF
+    sp = slot_pos[key]
+    if sp < 0 or sp > pos or (window > 0 and sp <= pos - window):
+        return NEG_INF
+    return x
+
+
+@device_jit(inline="always")
+def _store_out(out, gate, has_gate, b, n_heads, d, h0, hh, n_rep, dim, val):
+    if hh < n_rep:
+        i = (b * n_heads + h0 + hh) * d + dim
+        o = bf16_round(val)
+        if has_gate:
+            o = o * bf16_round(np.float32(1.0) / (np.float32(1.0) + np.float32(math.exp(-ld_bf16(gate, i)))))
+        st_bf16(out, i, o)
+
+
+@jit
+def _attn_partial_kernel(q32, k32, v32, slot_pos, pos_arr, n_heads, n_kv, cap, d, n_rep, scale, window,
+                         ring, nsplit, part_o, part_ml, direct, out, gate, has_gate):
+    sc = cuda.shared.array((2, MAX_WARPS, 4, 32), np.float32)
+    lane = cuda.threadIdx.x & 31
+    w = cuda.threadIdx.x >> 5
+    nw = cuda.blockDim.x >> 5
+    g = lane >> 2
+    t = lane & 3
+    split = cuda.blockIdx.x
+    kvh = cuda.blockIdx.y
+    b = cuda.blockIdx.z
+    pos = pos_arr[0]
+    n_act = cap if ring else min(cap, pos + 1)
+    tiles = (n_act + 15) >> 4
+    per = (tiles + nsplit - 1) // nsplit
+    t0 = split * per
+    t1 = min(t0 + per, tiles)
+    dw = d >> 1  # words per row
+    z = np.uint32(0)
+    # Q fragments: head g of the group, dims 64w + 16t .. +16 (two 16-byte loads)
+    q0, q1, q2, q3, q4, q5, q6, q7 = z, z, z, z, z, z, z, z
+    if g < n_rep:
+        qb = (b * n_heads + kvh * n_rep + g) * dw + 32 * w + 8 * t
+        qa = ptx.ld_v4_cached(q32, qb)
+        qc = ptx.ld_v4_cached(q32, qb + 4)
+        q0, q1, q2, q3 = qa[0], qa[1], qa[2], qa[3]
+        q4, q5, q6, q7 = qc[0], qc[1], qc[2], qc[3]
+    row0 = (b * n_kv + kvh) * cap
+    acc = cuda.local.array(16, np.float32)
+    for i in range(16):
+        acc[i] = np.float32(0.0)
+    m_run = NEG_INF
+    l_run = np.float32(0.0)
+    # prefetch the first tile
+    tile = t0
+    if tile < t1:
+        ka, kb2, va, vb, vc, vd = _load_tile(k32, v32, row0, tile, cap, dw, w, g, t)
+    else:
+        zz = (z, z, z, z)
+        ka, kb2, va, vb, vc, vd = (zz, zz), (zz, zz), zz, zz, zz, zz
+    buf = 0
+    while tile < t1:
+        nxt = tile + 1
+        if nxt < t1:
+            nka, nkb, nva, nvb, nvc, nvd = _load_tile(k32, v32, row0, nxt, cap, dw, w, g, t)
+        else:
+            nka, nkb, nva, nvb, nvc, nvd = ka, kb2, va, vb, vc, vd
+        # partial scores over this warp's 64 dims: keys 8n + g of the tile (n = 0, 1)
+        f = np.float32(0.0)
+        s00, s01, j0, j1 = f, f, f, f
+        s10, s11, j2, j3 = f, f, f, f
+        s00, s01, j0, j1 = ptx.mma_bf16(q0, z, q1, z, ka[0][0], ka[0][1], s00, s01, j0, j1)
+        s00, s01, j0, j1 = ptx.mma_bf16(q2, z, q3, z, ka[0][2], ka[0][3], s00, s01, j0, j1)
+        s00, s01, j0, j1 = ptx.mma_bf16(q4, z, q5, z, ka[1][0], ka[1][1], s00, s01, j0, j1)
+        s00, s01, j0, j1 = ptx.mma_bf16(q6, z, q7, z, ka[1][2], ka[1][3], s00, s01, j0, j1)
+        s10, s11, j2, j3 = ptx.mma_bf16(q0, z, q1, z, kb2[0][0], kb2[0][1], s10, s11, j2, j3)
+        s10, s11, j2, j3 = ptx.mma_bf16(q2, z, q3, z, kb2[0][2], kb2[0][3], s10, s11, j2, j3)
+        s10, s11, j2, j3 = ptx.mma_bf16(q4, z, q5, z, kb2[1][0], kb2[1][1], s10, s11, j2, j3)
+        s10, s11, j2, j3 = ptx.mma_bf16(q6, z, q7, z, kb2[1][2], kb2[1][3], s10, s11, j2, j3)
+        sc[buf, w, 0, lane] = s00
+        sc[buf, w, 1, lane] = s01
+        sc[buf, w, 2, lane] = s10
+        sc[buf, w, 3, lane] = s11
+        cuda.syncthreads()
+        x0, x1, x2, x3 = sc[buf, 0, 0, lane], sc[buf, 0, 1, lane], sc[buf, 0, 2, lane], sc[buf, 0, 3, lane]
+        for ww in range(1, nw):
+            x0 += sc[buf, ww, 0, lane]
+            x1 += sc[buf, ww, 1, lane]
+            x2 += sc[buf, ww, 2, lane]
+            x3 += sc[buf, ww, 3, lane]
+        buf ^= 1
+        # keys of this lane's four scores: tile*16 + {2t, 2t+1, 8+2t, 9+2t}
+        kbase = tile * 16 + 2 * t
+        x0 = _masked(x0 * scale, kbase, n_act, slot_pos, pos, window)
+        x1 = _masked(x1 * scale, kbase + 1, n_act, slot_pos, pos, window)
+        x2 = _masked(x2 * scale, kbase + 8, n_act, slot_pos, pos, window)
+        x3 = _masked(x3 * scale, kbase + 9, n_act, slot_pos, pos, window)
+        mt = max(max(x0, x1), max(x2, x3))
+        mt = max(mt, ptx.shfl_xor_f32(mt, 1))
+        mt = max(mt, ptx.shfl_xor_f32(mt, 2))
+        m_new = max(m_run, mt)
+        if m_new == NEG_INF:
+            alpha = np.float32(1.0)
+            p0, p1, p2, p3 = f, f, f, f
+        else:
+            alpha = np.float32(math.exp(m_run - m_new))
+            p0 = bf16_round(math.exp(x0 - m_new))
+            p1 = bf16_round(math.exp(x1 - m_new))
+            p2 = bf16_round(math.exp(x2 - m_new))
+            p3 = bf16_round(math.exp(x3 - m_new))
+        m_run = m_new
+        l_run = l_run * alpha + ((p0 + p1) + (p2 + p3))
+        # accumulator columns are heads 2t and 2t+1: fetch their rescale factors
+        al_a = shfl_idx_f32(alpha, 8 * t)
+        al_b = shfl_idx_f32(alpha, 8 * t + 4)
+        pb0 = pack_bf16(p0, p1)
+        pb1 = pack_bf16(p2, p3)
+        for j in range(4):
+            sel = 0x5410 if (j & 1) == 0 else 0x7632
+            h = j >> 1
+            a0 = ptx.prmt(va[h], vb[h], sel)
+            a1 = ptx.prmt(va[2 + h], vb[2 + h], sel)
+            a2 = ptx.prmt(vc[h], vd[h], sel)
+            a3 = ptx.prmt(vc[2 + h], vd[2 + h], sel)
+            c0, c1, c2, c3 = ptx.mma_bf16(a0, a1, a2, a3, pb0, pb1, acc[4 * j] * al_a, acc[4 * j + 1] * al_b,
+                                          acc[4 * j + 2] * al_a, acc[4 * j + 3] * al_b)
+            acc[4 * j] = c0
+            acc[4 * j + 1] = c1
+            acc[4 * j + 2] = c2
+            acc[4 * j + 3] = c3
+        ka, kb2, va, vb, vc, vd = nka, nkb, nva, nvb, nvc, nvd
+        tile = nxt
+    l_run += ptx.shfl_xor_f32(l_run, 1)
+    l_run += ptx.shfl_xor_f32(l_run, 2)
+    ha = 2 * t
+    hb = 2 * t + 1
+    if direct:
+        inv = np.float32(1.0) / l_run if l_run > 0 else np.float32(0.0)
+        inv_a = shfl_idx_f32(inv, 8 * t)
+        inv_b = shfl_idx_f32(inv, 8 * t + 4)
+        for j in range(4):
+            d0 = 64 * w + 8 * g + j
+            _store_out(out, gate, has_gate, b, n_heads, d, kvh * n_rep, ha, n_rep, d0, acc[4 * j] * inv_a)
+            _store_out(out, gate, has_gate, b, n_heads, d, kvh * n_rep, hb, n_rep, d0, acc[4 * j + 1] * inv_b)
+            _store_out(out, gate, has_gate, b, n_heads, d, kvh * n_rep, ha, n_rep, d0 + 4, acc[4 * j + 2] * inv_a)
+            _store_out(out, gate, has_gate, b, n_heads, d, kvh * n_rep, hb, n_rep, d0 + 4, acc[4 * j + 3] * inv_b)
+    else:
+        pb = ((b * n_kv + kvh) * nsplit + split) * MAX_REP
+        if t == 0 and w == 0:
+            part_ml[(pb + g) * 2] = m_run
+            part_ml[(pb + g) * 2 + 1] = l_run
+        for j in range(4):
+            d0 = 64 * w + 8 * g + j
+            part_o[(pb + ha) * d + d0] = acc[4 * j]
+            part_o[(pb + hb) * d + d0] = acc[4 * j + 1]
+            part_o[(pb + ha) * d + d0 + 4] = acc[4 * j + 2]
+            part_o[(pb + hb) * d + d0 + 4] = acc[4 * j + 3]
+
+
+
+@jit
+def _attn_merge_kernel(part_o, part_ml, n_heads, n_kv, n_rep, d, nsplit, out, gate, has_gate):
+    h = cuda.blockIdx.x
+    b = cuda.blockIdx.y
+    kvh = h // n_rep
+    hh = h - kvh * n_rep
+    base = (b * n_kv + kvh) * nsplit
+    big = NEG_INF
+    for s in range(nsplit):
+        big = max(big, part_ml[((base + s) * MAX_REP + hh) * 2])
+    dim = cuda.threadIdx.x
+    while dim < d:
+        tot = np.float32(0.0)
+        o = np.float32(0.0)
+        if big != NEG_INF:
+            for s in range(nsplit):
+                i = (base + s) * MAX_REP + hh
+                m = part_ml[i * 2]
+                if m != NEG_INF:
+                    wgt = np.float32(math.exp(m - big))
+                    tot += wgt * part_ml[i * 2 + 1]
+                    o += wgt * part_o[i * d + dim]
+        _store_out(out, gate, has_gate, b, n_heads, d, kvh * n_rep, hh, n_rep, dim,
+                   o / tot if tot > 0 else np.float32(0.0))
+        dim += cuda.blockDim.x
+
+
+@dataclass
+class AttnDecodePlan:
+    """Split count and fp32 workspace for one (batch, kv heads, head_dim, capacity) shape;
+    allocate once (``attn_decode_plan``) and reuse every step (graph-safe)."""
+
+    splits: int
+    part_o: torch.Tensor | None  # [B, Hkv, splits, 8, D]
+    part_ml: torch.Tensor | None  # [B, Hkv, splits, 8, 2] (running max, sum)
+
+
+def default_splits(batch: int, n_kv: int, head_dim: int, capacity: int, *, sms: int = 132,
+                   min_tiles: int = 4) -> int:
+    """Splits of the context per kv head: about 8 warps per SM over the whole grid, but at
+    least ``min_tiles`` 16-key tiles per split (partials cost 8·D·4 bytes per block)."""
+    warps = head_dim // 64
+    want_blocks = max(1, sms * 8 // warps)
+    splits = -(-want_blocks // max(1, batch * n_kv))
+    tiles = -(-capacity // 16)
+    return max(1, min(splits, -(-tiles // min_tiles)))
+
+
+def attn_decode_plan(batch: int, n_kv: int, head_dim: int, capacity: int, device, *,
+                     splits: int | None = None) -> AttnDecodePlan:
+    """Choose the split count (``default_splits`` unless given) and allocate its workspace."""
+    s = splits or default_splits(batch, n_kv, head_dim, capacity)
+    if s == 1:
+        return AttnDecodePlan(1, None, None)
+    po = torch.empty(batch, n_kv, s, MAX_REP, head_dim, dtype=torch.float32, device=device)
+    pm = torch.empty(batch, n_kv, s, MAX_REP, 2, dtype=torch.float32, device=device)
+    return AttnDecodePlan(s, po, pm)
+
+
+def _check(q, k_cache, v_cache, slot_pos, pos, out, gate, plan):
+    kn = "attn_decode"
+    check(q.dim() == 3 and q.dtype == torch.bfloat16 and q.is_contiguous(),
+          f"{kn}: q must be contiguous bf16 [B, H, D], got {q.dtype} {list(q.shape)}")
+    b, h, d = q.shape
+    check(d % 64 == 0 and d <= 64 * MAX_WARPS, f"{kn}: head_dim {d} must be a multiple of 64 up to 512")
+    check(k_cache.dim() == 4 and k_cache.shape[0] == b and k_cache.shape[3] == d,
+          f"{kn}: k_cache must be [B={b}, Hkv, S, D={d}], got {list(k_cache.shape)}")
+    hkv, s = k_cache.shape[1], k_cache.shape[2]
+    check(h % hkv == 0 and 1 <= h // hkv <= MAX_REP, f"{kn}: H={h} must be 1..8 times Hkv={hkv}")
+    want(k_cache, "k_cache", kn, torch.bfloat16, (b, hkv, s, d))
+    want(v_cache, "v_cache", kn, torch.bfloat16, (b, hkv, s, d))
+    want(slot_pos, "slot_pos", kn, torch.int64, (s,))
+    want(pos, "pos", kn, torch.int64, (1,))
+    want(out, "out", kn, torch.bfloat16, (b, h, d))
+    if gate is not None:
+        want(gate, "gate", kn, torch.bfloat16, (b, h * d))
+    if plan is not None and plan.splits > 1:
+        want(plan.part_o, "plan.part_o", kn, torch.float32, (b, hkv, plan.splits, MAX_REP, d))
+        want(plan.part_ml, "plan.part_ml", kn, torch.float32, (b, hkv, plan.splits, MAX_REP, 2))
+    return b, h, hkv, s, d
+
+
+def attn_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, slot_pos: torch.Tensor,
+                pos: torch.Tensor, out: torch.Tensor, *, scale: float, window: int | None = None,
+                ring: bool = False, gate: torch.Tensor | None = None,
+                plan: AttnDecodePlan | None = None) -> None:
+    """One-token attention over the cache into ``out`` [B, H, D] (see module doc). ``plan``
+    None means one split (no workspace). No allocation, no host sync."""
+    b, h, hkv, s, d = _check(q, k_cache, v_cache, slot_pos, pos, out, gate, plan)
+    splits = plan.splits if plan is not None else 1
+    direct = splits == 1
+    ob = out.view(torch.uint16).reshape(-1)
+    gb = gate.view(torch.uint16).reshape(-1) if gate is not None else ob
+    f32 = pos.view(torch.float32)  # placeholder when there is no workspace
+    po = plan.part_o.reshape(-1) if not direct else f32
+    pm = plan.part_ml.reshape(-1) if not direct else f32
+    launch(_attn_partial_kernel, (splits, hkv, b), 32 * (d // 64), u32(q), u32(k_cache), u32(v_cache),
+           slot_pos, pos, h, hkv, s, d, h // hkv, np.float32(scale), int(window or 0), int(ring), splits,
+           po, pm, int(direct), ob, gb, int(gate is not None))
+    if not direct:
+        launch(_attn_merge_kernel, (h, b), min(d, 256), po, pm, h, hkv, h // hkv, d, splits, ob, gb,
+               int(gate is not None))
+
+
+def attn_decode_ref(q, k_cache, v_cache, slot_pos, pos, out, *, scale, window=None, ring=False, gate=None,
+                    plan=None) -> None:
+    """Torch reference of ``attn_decode`` (same arguments): ``imp_core.layers.attention.attend``
+    (eager: bf16 scores, fp32 softmax, bf16 probabilities), then the gate in bf16."""
+    b, h, hkv, s, d = _check(q, k_cache, v_cache, slot_pos, pos, out, gate, plan)
+    o = attend(q[:, :, None], k_cache, v_cache, pos, slot_pos, scale=scale, window=window,
+               backend="eager")[:, :, 0]
+    if gate is not None:
+        o = o * torch.sigmoid(gate.view(b, h, d))
+    out.copy_(o)
+
+
+def kernel_sigs(U32, U16, I64, I32, F32A, I, F) -> dict:
+    """Argument types of the kernels as the wrapper launches them (for ops_ptx_report)."""
+    part = (U32, U32, U32, I64, I64, I, I, I, I, I, F, I, I, I, F32A, F32A, I, U16, U16, I)
+    merge = (F32A, F32A, I, I, I, I, I, U16, U16, I)
+    return {"attn_partial": (_attn_partial_kernel, part), "attn_merge": (_attn_merge_kernel, merge)}
