@@ -100,6 +100,21 @@ def test_logits_match_transformers_prefill_and_decode(ckpt, backend):
         assert decode < TOL, decode
 
 
+def test_chunked_prefill_through_the_rings_matches_one_pass(ckpt):
+    """Prefill in chunks smaller than the window: later chunks attend to what earlier ones left in
+    the rings (and evict it as they go); the last logits must match transformers' one pass."""
+    _, layout, path = ckpt
+    hf = load_hf(path, layout)
+    model = _session(path).model
+    ids = torch.randint(3, VOCAB, (1, 5 * WINDOW + 3), generator=torch.Generator().manual_seed(9))
+    with torch.no_grad():
+        ref = hf(input_ids=ids).logits[:, -1]
+    for chunk in (WINDOW - 1, WINDOW, 2 * WINDOW + 1):
+        gen = Generator(model, context=128, prefill_chunk=chunk)
+        diff = (gen.prefill(ids[0].tolist()) - ref).abs().max().item()
+        assert diff < TOL, (chunk, diff)
+
+
 def test_greedy_generation_matches_transformers_generate(ckpt):
     _, layout, path = ckpt
     hf = load_hf(path, layout)

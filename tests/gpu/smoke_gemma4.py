@@ -46,7 +46,9 @@ def tiny_checkpoint(dest: Path) -> tuple[Path, str]:
     try:
         from tests.gemma4_factory import write_checkpoint
 
-        return write_checkpoint(dest / "hf", "gemma4", seed=3), "transformers factory (published layout)"
+        path = write_checkpoint(dest / "hf", "gemma4", seed=3)
+        _load(path, "cpu")  # this machine's transformers may write other names or config keys
+        return path, "transformers factory (published layout)"
     except Exception as exc:  # noqa: BLE001 - any failure of this machine's transformers: fall back
         print(f"factory failed ({type(exc).__name__}: {exc}); using the synthetic checkpoint", flush=True)
         from tests.gemma4_factory import write_synthetic_checkpoint
