@@ -45,6 +45,8 @@ def case_list(quick: bool, stride: int = 1):
                            ("qwen attn q", 8192, 2048, 8)):
         cases.append(lambda label=label, n=n, k=k, m=m: bc.case_nvfp4(label, n, k, m=m))
     cases.append(lambda: bc.case_nvfp4("mistral o +res", 5120, 4096, residual=True))
+    for label, n, k in (MISTRAL[2], MISTRAL[3], MISTRAL[4]):  # one-deep pipeline, for comparison
+        cases.append(lambda label=label, n=n, k=k: bc.case_nvfp4(label, n, k, pipeline=1))
     for label, n, k in [MISTRAL[0], MISTRAL[2], MISTRAL[3]] + QWEN[:4]:
         cases.append(lambda label=label, n=n, k=k: bc.case_fp8(label, n, k))
     cases.append(lambda: bc.case_fp8("mistral gate_up", 65536, 5120, gran="block"))
@@ -55,6 +57,8 @@ def case_list(quick: bool, stride: int = 1):
         cases.append(lambda label=label, n=n, k=k: bc.case_gguf(label, "Q6_K", n, k))
     for label, n, k in (MISTRAL[0], MISTRAL[2]):
         cases.append(lambda label=label, n=n, k=k: bc.case_gguf(label, "Q8_0", n, k))
+    for q in ("Q4_K", "Q6_K"):  # register-uncapped builds, for comparison
+        cases.append(lambda q=q: bc.case_gguf(MISTRAL[3][0], q, MISTRAL[3][1], MISTRAL[3][2], variant="uncapped"))
     for label, n, k in (("qwen router", 256, 2048), ("qwen deltanet a/b", 32, 2048), ("gemma router", 128, 2816),
                         ("qwen shared_gate", 1, 2048), ("qwen in_proj_z", 4096, 2048), ("mistral o", 5120, 4096),
                         ("qwen lm_head", 248320, 2048), ("gemma lm_head", 262144, 2816)):
@@ -77,13 +81,13 @@ def resource_report() -> list[str]:
     kernels = {"nvfp4": n._gemv_nvfp4_kernel, "bf16": b._gemv_bf16_kernel, "fp8": f._gemv_fp8_kernel,
                "moe_gate_up": mo._moe_gate_up_kernel, "moe_down": mo._moe_down_kernel,
                **{f"gguf_{q}": k for q, k in g._KERNELS.items()}}
+    kernels["nvfp4_pipe1"] = n._gemv_nvfp4_kernel_d1
+    kernels.update({f"gguf_{q}_uncapped": k for q, k in g._KERNELS_UNCAPPED.items() if q != "Q8_0"})
     for name, k in kernels.items():
-        for sig in list(k.overloads.keys()):
+        for ck in list(k.overloads.values()):
             try:
-                regs = k.get_regs_per_thread(sig)
-                local = k.get_local_mem_per_thread(sig)
-                shared = k.get_shared_mem_per_block(sig)
-                lines.append(f"{name}: {regs} regs/thread, {local} B local/thread, {shared} B shared/block")
+                lines.append(f"{name}: {ck.regs_per_thread} regs/thread, {ck.local_mem_per_thread} B local/thread, "
+                             f"{ck.shared_mem_per_block} B static shared/block")
             except Exception as exc:  # reporting must not kill the benchmark
                 lines.append(f"{name}: resource query failed: {exc}")
     return lines

@@ -64,7 +64,7 @@ def nvfp4_random(n, k):
     return codes, scales, gs
 
 
-def case_nvfp4(name, n, k, m=1, residual=False):
+def case_nvfp4(name, n, k, m=1, residual=False, pipeline=2):
     codes, scales, gs = nvfp4_random(n, k)
     ct, st = nvfp4_tile(codes, scales)
     wbytes = ct.numel() * 4 + st.numel() * 2
@@ -78,7 +78,7 @@ def case_nvfp4(name, n, k, m=1, residual=False):
     wbfs = [wbf] + [wbf.clone() for _ in range(min(nsets, _nsets(wbf.numel() * 2)) - 1)]
 
     def run(i):
-        gemv_nvfp4(xs[i], cts[i], sts[i], gs, outs[i], residual=res[i])
+        gemv_nvfp4(xs[i], cts[i], sts[i], gs, outs[i], residual=res[i], pipeline=pipeline)
 
     def trun(i):
         torch.mm(xs[i], wbfs[i % len(wbfs)].t(), out=outs[i])
@@ -91,7 +91,8 @@ def case_nvfp4(name, n, k, m=1, residual=False):
         return rel(outs[0], ref)
 
     moved = wbytes + m * k * 2 + m * n * 2 * (2 if residual else 1)
-    return Case("nvfp4", f"{name} {n}x{k}", m, nsets, moved, run, check, trun, "torch.mm bf16 (dequantised W)")
+    label = "nvfp4" if pipeline == 2 else "nvfp4-pipe1"
+    return Case(label, f"{name} {n}x{k}", m, nsets, moved, run, check, trun, "torch.mm bf16 (dequantised W)")
 
 
 def case_fp8(name, n, k, m=1, gran="tensor"):
@@ -143,7 +144,7 @@ def gguf_random(qtype, n, k):
     return b.reshape(-1)
 
 
-def case_gguf(name, qtype, n, k, m=1):
+def case_gguf(name, qtype, n, k, m=1, variant="capped"):
     raw = gguf_random(qtype, n, k)
     buf = gguf_device_buffer(raw)
     wbytes = raw.numel()
@@ -157,7 +158,7 @@ def case_gguf(name, qtype, n, k, m=1):
     wbfs = [wbf] + [wbf.clone() for _ in range(min(nsets, _nsets(wbf.numel() * 2)) - 1)]
 
     def run(i):
-        gemv_gguf(xs[i], bufs[i], qtype, n, outs[i])
+        gemv_gguf(xs[i], bufs[i], qtype, n, outs[i], variant=variant)
 
     def trun(i):
         torch.mm(xs[i], wbfs[i % len(wbfs)].t(), out=outs[i])
@@ -166,7 +167,7 @@ def case_gguf(name, qtype, n, k, m=1):
         run(0)
         return rel(outs[0], xs[0].float() @ gguf_dequant(raw, qtype, n, k).t())
 
-    return Case(f"gguf-{qtype}", f"{name} {n}x{k}", m, nsets, wbytes + m * k * 2 + m * n * 2, run, check, trun,
+    return Case(f"gguf-{qtype}" + ("" if variant == "capped" else "-" + variant), f"{name} {n}x{k}", m, nsets, wbytes + m * k * 2 + m * n * 2, run, check, trun,
                 "torch.mm bf16 (dequantised W)")
 
 

@@ -11,6 +11,7 @@ activations need no conversion. ``linear_bf16`` picks, per shape class, this ker
 from __future__ import annotations
 
 import numpy as np
+from numba import types as nbt
 import torch
 
 from imp_core.errors import QuantError
@@ -47,7 +48,7 @@ def _load_bf16_chunk(x32, m_rows, k, w32, n_rows, hk, g, t, row0, kc):
 
 @jit
 def _gemv_bf16_kernel(x32, m_rows, k, w32, n_rows, out, out_f32, res, has_res):
-    red = cuda.shared.array((MAX_WARPS, 32, 8), np.float32)
+    red = cuda.shared.array(0, nbt.float32)  # [warps, 32 rows, 8 cols], sized at launch
     tid = cuda.threadIdx.x
     lane = tid & 31
     warp = tid >> 5
@@ -59,26 +60,28 @@ def _gemv_bf16_kernel(x32, m_rows, k, w32, n_rows, out, out_f32, res, has_res):
     hk = k >> 1  # words per row
     z = np.float32(0.0)
     a0, a1, a2, a3, b0, b1, b2, b3 = z, z, z, z, z, z, z, z
-    kc = warp
+    kc = warp  # software pipeline two chunks deep
     xq, r0, r1, r2, r3 = _load_bf16_chunk(x32, m_rows, k, w32, n_rows, hk, g, t, row0, kc)
+    px, p0, p1, p2, p3 = _load_bf16_chunk(x32, m_rows, k, w32, n_rows, hk, g, t, row0, kc + nwarps)
     while kc < kc_total:
         kn = kc + nwarps
-        nx, n0, n1, n2, n3 = _load_bf16_chunk(x32, m_rows, k, w32, n_rows, hk, g, t, row0, kn)
+        nx, n0, n1, n2, n3 = _load_bf16_chunk(x32, m_rows, k, w32, n_rows, hk, g, t, row0, kn + nwarps)
         for s in range(2):
             a0, a1, a2, a3 = ptx.mma_bf16(r0[2 * s], r1[2 * s], r0[2 * s + 1], r1[2 * s + 1],
                                           xq[2 * s], xq[2 * s + 1], a0, a1, a2, a3)
             b0, b1, b2, b3 = ptx.mma_bf16(r2[2 * s], r3[2 * s], r2[2 * s + 1], r3[2 * s + 1],
                                           xq[2 * s], xq[2 * s + 1], b0, b1, b2, b3)
-        xq, r0, r1, r2, r3 = nx, n0, n1, n2, n3
+        xq, r0, r1, r2, r3 = px, p0, p1, p2, p3
+        px, p0, p1, p2, p3 = nx, n0, n1, n2, n3
         kc = kn
-    red[warp, g, 2 * t] = a0
-    red[warp, g, 2 * t + 1] = a1
-    red[warp, g + 8, 2 * t] = a2
-    red[warp, g + 8, 2 * t + 1] = a3
-    red[warp, 16 + g, 2 * t] = b0
-    red[warp, 16 + g, 2 * t + 1] = b1
-    red[warp, 24 + g, 2 * t] = b2
-    red[warp, 24 + g, 2 * t + 1] = b3
+    red[warp * 256 + (g) * 8 + 2 * t] = a0
+    red[warp * 256 + (g) * 8 + 2 * t + 1] = a1
+    red[warp * 256 + (g + 8) * 8 + 2 * t] = a2
+    red[warp * 256 + (g + 8) * 8 + 2 * t + 1] = a3
+    red[warp * 256 + (16 + g) * 8 + 2 * t] = b0
+    red[warp * 256 + (16 + g) * 8 + 2 * t + 1] = b1
+    red[warp * 256 + (24 + g) * 8 + 2 * t] = b2
+    red[warp * 256 + (24 + g) * 8 + 2 * t + 1] = b3
     cuda.syncthreads()
     for idx in range(tid, 256, cuda.blockDim.x):
         r = idx >> 3
@@ -87,7 +90,7 @@ def _gemv_bf16_kernel(x32, m_rows, k, w32, n_rows, out, out_f32, res, has_res):
         if m < m_rows and row < n_rows:
             a = np.float32(0.0)
             for w in range(nwarps):
-                a += red[w, r, m]
+                a += red[w * 256 + idx]
             store_out(out, out_f32, res, has_res, m, n_rows, row, a)
 
 
@@ -130,7 +133,7 @@ def gemv_bf16(x: torch.Tensor, w: torch.Tensor, out: torch.Tensor, *,
     launch(_gemv_bf16_kernel, blocks, 32 * nw, x.view(torch.int32).reshape(-1), m, k,
            w.view(torch.int32).reshape(-1), n, out.reshape(-1), int(out.dtype == torch.float32),
            res.reshape(-1).view(torch.int16) if res.dtype == torch.bfloat16 else res.reshape(-1),
-           int(residual is not None))
+           int(residual is not None), shared_bytes=nw * 256 * 4)
 
 
 def gemv_bf16_ref(x, w, out, *, residual=None, warps=None) -> None:

@@ -58,8 +58,7 @@ def _q8_0_lane(sm, warp, p, x32, m, k, col):
     return s * d
 
 
-@jit
-def _gemv_q8_0_kernel(x32, m_rows, k, raw32, rb, n_rows, out, out_f32, res, has_res):
+def _q8_0_py(x32, m_rows, k, raw32, rb, n_rows, out, out_f32, res, has_res):
     sm = cuda.shared.array((ROWS, _SM_WORDS), np.uint32)
     acc = cuda.local.array(MAX_M, np.float32)
     warp = cuda.threadIdx.x >> 5
@@ -113,6 +112,22 @@ def _k4_scale_min(j, s0, s1, s2):
 
 
 @device_jit(inline="always")
+def _q4_half(sm, warp, pq, nsh, xq):
+    """sum(q * x) and sum(x) over one 32-element sub-block: nibbles at shift nsh of 32 qs bytes."""
+    qs = np.float32(0.0)
+    xs = np.float32(0.0)
+    for j in range(8):
+        wi = int(word_at(sm, warp, pq + 4 * j)) >> nsh
+        a0 = xq[j >> 1][(j & 1) * 2]
+        a1 = xq[j >> 1][(j & 1) * 2 + 1]
+        x0, x1, x2, x3 = bf16_lo(a0), bf16_hi(a0), bf16_lo(a1), bf16_hi(a1)
+        qs += _u2f(wi & 15) * x0 + _u2f((wi >> 8) & 15) * x1 + _u2f((wi >> 16) & 15) * x2 \
+            + _u2f((wi >> 24) & 15) * x3
+        xs += (x0 + x1) + (x2 + x3)
+    return qs, xs
+
+
+@device_jit(inline="always")
 def _q4_k_lane(sm, warp, p, c, x32, m, k, col):
     w0 = word_at(sm, warp, p)
     d = ptx.f16_lo(w0)
@@ -122,32 +137,12 @@ def _q4_k_lane(sm, warp, p, c, x32, m, k, col):
     s2 = word_at(sm, warp, p + 12)
     sc1, mn1 = _k4_scale_min(2 * c, s0, s1, s2)
     sc2, mn2 = _k4_scale_min(2 * c + 1, s0, s1, s2)
-    xa = load_x32(x32, m, k, col)
-    xb = load_x32(x32, m, k, col + 32)
-    q1 = np.float32(0.0)
-    q2 = np.float32(0.0)
-    x1 = np.float32(0.0)
-    x2 = np.float32(0.0)
-    for j in range(8):
-        w = word_at(sm, warp, p + 16 + 32 * c + 4 * j)
-        a0 = xa[j >> 1][(j & 1) * 2]
-        a1 = xa[j >> 1][(j & 1) * 2 + 1]
-        b0 = xb[j >> 1][(j & 1) * 2]
-        b1 = xb[j >> 1][(j & 1) * 2 + 1]
-        xa0, xa1, xa2, xa3 = bf16_lo(a0), bf16_hi(a0), bf16_lo(a1), bf16_hi(a1)
-        xb0, xb1, xb2, xb3 = bf16_lo(b0), bf16_hi(b0), bf16_lo(b1), bf16_hi(b1)
-        wi = int(w)
-        q1 += _u2f(wi & 15) * xa0 + _u2f((wi >> 8) & 15) * xa1 + _u2f((wi >> 16) & 15) * xa2 \
-            + _u2f((wi >> 24) & 15) * xa3
-        q2 += _u2f((wi >> 4) & 15) * xb0 + _u2f((wi >> 12) & 15) * xb1 + _u2f((wi >> 20) & 15) * xb2 \
-            + _u2f((wi >> 28) & 15) * xb3
-        x1 += (xa0 + xa1) + (xa2 + xa3)
-        x2 += (xb0 + xb1) + (xb2 + xb3)
+    q1, x1 = _q4_half(sm, warp, p + 16 + 32 * c, 0, load_x32(x32, m, k, col))
+    q2, x2 = _q4_half(sm, warp, p + 16 + 32 * c, 4, load_x32(x32, m, k, col + 32))
     return d * (sc1 * q1 + sc2 * q2) - dmin * (mn1 * x1 + mn2 * x2)
 
 
-@jit
-def _gemv_q4_k_kernel(x32, m_rows, k, raw32, rb, n_rows, out, out_f32, res, has_res):
+def _q4_k_py(x32, m_rows, k, raw32, rb, n_rows, out, out_f32, res, has_res):
     sm = cuda.shared.array((ROWS, _SM_WORDS), np.uint32)
     acc = cuda.local.array(MAX_M, np.float32)
     warp = cuda.threadIdx.x >> 5
@@ -213,8 +208,7 @@ def _q6_k_lane(sm, warp, p, h, j, x32, m, k, col):
     return d * (sca * sa + scb * sb)
 
 
-@jit
-def _gemv_q6_k_kernel(x32, m_rows, k, raw32, rb, n_rows, out, out_f32, res, has_res):
+def _q6_k_py(x32, m_rows, k, raw32, rb, n_rows, out, out_f32, res, has_res):
     sm = cuda.shared.array((ROWS, _SM_WORDS), np.uint32)
     acc = cuda.local.array(MAX_M, np.float32)
     warp = cuda.threadIdx.x >> 5
@@ -248,7 +242,15 @@ def _gemv_q6_k_kernel(x32, m_rows, k, raw32, rb, n_rows, out, out_f32, res, has_
             store_out(out, out_f32, res, has_res, m, n_rows, row, v)
 
 
+# Register caps from ptxas -v: Q8_0 fits 64 without spills (4 blocks/SM instead of 3); Q4_K/Q6_K
+# need ~119 registers (2 blocks/SM) and spill 8-128 bytes at 80 (3 blocks/SM). Both Q4_K/Q6_K
+# builds exist so the benchmark can measure which is faster (``variant``).
+_gemv_q8_0_kernel = jit(max_registers=64)(_q8_0_py)
+_gemv_q4_k_kernel = jit(max_registers=80)(_q4_k_py)
+_gemv_q6_k_kernel = jit(max_registers=80)(_q6_k_py)
 _KERNELS = {"Q8_0": _gemv_q8_0_kernel, "Q4_K": _gemv_q4_k_kernel, "Q6_K": _gemv_q6_k_kernel}
+_KERNELS_UNCAPPED = {"Q8_0": _gemv_q8_0_kernel, "Q4_K": jit(cache=False)(_q4_k_py),
+                     "Q6_K": jit(cache=False)(_q6_k_py)}
 
 
 def _check(x, raw32, qtype, n, out, residual):
@@ -273,13 +275,14 @@ def _check(x, raw32, qtype, n, out, residual):
 
 
 def gemv_gguf(x: torch.Tensor, raw32: torch.Tensor, qtype: str, n: int, out: torch.Tensor, *,
-              residual: torch.Tensor | None = None) -> None:
+              residual: torch.Tensor | None = None, variant: str = "capped") -> None:
     """``out = x @ W^T (+ residual)`` for a GGUF ``qtype`` tensor of N rows x K (= x.shape[1])."""
     rb = _check(x, raw32, qtype, n, out, residual)
     require_aligned("gemv_gguf", x, raw32)
     m, k = x.shape
     res = residual if residual is not None else out
-    launch(_KERNELS[qtype], -(-n // ROWS), 32 * ROWS, x.view(torch.int32).reshape(-1), m, k, raw32, rb, n,
+    kernels = _KERNELS if variant == "capped" else _KERNELS_UNCAPPED
+    launch(kernels[qtype], -(-n // ROWS), 32 * ROWS, x.view(torch.int32).reshape(-1), m, k, raw32, rb, n,
            out.reshape(-1), int(out.dtype == torch.float32),
            res.reshape(-1).view(torch.int16) if res.dtype == torch.bfloat16 else res.reshape(-1),
            int(residual is not None))
@@ -322,7 +325,7 @@ def gguf_dequant(raw_u8: torch.Tensor, qtype: str, n: int, k: int) -> torch.Tens
     raise QuantError(f"gguf_dequant: unsupported type {qtype!r}")
 
 
-def gemv_gguf_ref(x, raw32, qtype, n, out, *, residual=None) -> None:
+def gemv_gguf_ref(x, raw32, qtype, n, out, *, residual=None, variant=None) -> None:
     """Torch reference of ``gemv_gguf`` (same arguments)."""
     _check(x, raw32, qtype, n, out, residual)
     m, k = x.shape

@@ -45,6 +45,8 @@ def jit(fn: Callable | None = None, **kw: Any):
     """``cuda.jit`` for kernels, with ``cache=True`` on the GPU (see module doc)."""
     if not SIMULATOR:
         kw.setdefault("cache", True)
+    else:
+        kw.pop("max_registers", None)  # the simulator's jit has no such option
     if fn is None:
         return functools.partial(jit, **kw)
     return cuda.jit(**kw)(fn)

@@ -71,8 +71,8 @@ def _load_gu(codes, scales, ebase_w, ebase_s, kc_total, ti_g, ti_u, lane, kc, x3
         ib = (ti_u * kc_total + kc) * 32 + lane
         wa = ptx.ld_v4(codes, ebase_w + ia * 4)
         wb = ptx.ld_v4(codes, ebase_w + ib * 4)
-        sa = np.uint32(int(scales[ebase_s + ia]) & 0xFFFF)
-        sb = np.uint32(int(scales[ebase_s + ib]) & 0xFFFF)
+        sa = ptx.ld_u16(scales, ebase_s + ia)
+        sb = ptx.ld_u16(scales, ebase_s + ib)
         xa, xb = load_x16_raw(x32, m + 1, k, g + m, kc * 64 + 16 * t)
     return wa, wb, sa, sb, xa, xb
 
@@ -102,13 +102,15 @@ def _moe_gate_up_kernel(x32, hdim, ids, topk, e_count, codes, scales, gs, gs_pai
     ebase_w = ebase_s * 4
     z = np.float32(0.0)
     a0, a1, a2, a3, b0, b1, b2, b3 = z, z, z, z, z, z, z, z
-    kc = warp
+    kc = warp  # software pipeline two chunks deep
     wa, wb, sa, sb, xa, xb = _load_gu(cw, cs, ebase_w, ebase_s, kc_total, ti_g, ti_u, lane, kc,
                                       x32, hdim, m, g, t)
+    pa, pb, psa, psb, pxa, pxb = _load_gu(cw, cs, ebase_w, ebase_s, kc_total, ti_g, ti_u, lane,
+                                          kc + nwarps, x32, hdim, m, g, t)
     while kc < kc_total:
         kn = kc + nwarps
         na, nb, nsa, nsb, nxa, nxb = _load_gu(cw, cs, ebase_w, ebase_s, kc_total, ti_g, ti_u, lane,
-                                              kn, x32, hdim, m, g, t)
+                                              kn + nwarps, x32, hdim, m, g, t)
         xf = x16_to_f16(xa, xb)
         sca = ptx.cvt_f16x2_e4m3x2(sa)
         scb = ptx.cvt_f16x2_e4m3x2(sb)
@@ -123,7 +125,8 @@ def _moe_gate_up_kernel(x32, hdim, ids, topk, e_count, codes, scales, gs, gs_pai
             fb = nvfp4_frags(wb[s], sb_g, sb_g8)
             b0, b1, b2, b3 = ptx.mma_f16(fb[0], fb[1], fb[2], fb[3], xf[2 * s], xf[2 * s + 1],
                                          b0, b1, b2, b3)
-        wa, wb, sa, sb, xa, xb = na, nb, nsa, nsb, nxa, nxb
+        wa, wb, sa, sb, xa, xb = pa, pb, psa, psb, pxa, pxb
+        pa, pb, psa, psb, pxa, pxb = na, nb, nsa, nsb, nxa, nxb
         kc = kn
     if t == 0:  # column 0 of the mma output is this block's token
         red[warp, g] = a0
@@ -187,11 +190,11 @@ def _load_dn(ids, weights, topk, e_count, codes, scales, gs, sh_codes, sh_scales
         i0 = (tile * kc_total + kc) * 32 + lane
         if j < topk:
             w4 = ptx.ld_v4(codes, (ebase_s + i0) * 4)
-            sc = np.uint32(int(scales[ebase_s + i0]) & 0xFFFF)
+            sc = ptx.ld_u16(scales, ebase_s + i0)
             coef = weights[m * topk + j] * gs[e]
         else:
             w4 = ptx.ld_v4(sh_codes, i0 * 4)
-            sc = np.uint32(int(sh_scales[i0]) & 0xFFFF)
+            sc = ptx.ld_u16(sh_scales, i0)
             coef = sh_gs[0]
             if has_logit:
                 coef = coef / (np.float32(1.0) + math.exp(-sh_logit[m]))
@@ -215,16 +218,20 @@ def _moe_down_kernel(h32, inter, ids, weights, topk, e_count, codes, scales, gs,
     n_items = n_slots * kc_total
     z = np.float32(0.0)
     acc0, acc2 = z, z
-    item = warp
+    item = warp  # software pipeline two items deep
     w4, sc, coef, q0, q1, q2, q3 = _load_dn(ids, weights, topk, e_count, codes, scales, gs, sh_codes,
                                             sh_scales, sh_gs, sh_logit, has_logit, kc_total, nt_total,
                                             tile, lane, g, t, h32, inter, n_slots, m, item, n_items)
+    pw4, psc, pcoef, p0, p1, p2, p3 = _load_dn(ids, weights, topk, e_count, codes, scales, gs, sh_codes,
+                                               sh_scales, sh_gs, sh_logit, has_logit, kc_total, nt_total,
+                                               tile, lane, g, t, h32, inter, n_slots, m, item + nwarps,
+                                               n_items)
     while item < n_items:
         nxt = item + nwarps
         nw4, nsc, ncoef, n0, n1, n2, n3 = _load_dn(ids, weights, topk, e_count, codes, scales, gs,
                                                    sh_codes, sh_scales, sh_gs, sh_logit, has_logit,
                                                    kc_total, nt_total, tile, lane, g, t, h32, inter,
-                                                   n_slots, m, nxt, n_items)
+                                                   n_slots, m, nxt + nwarps, n_items)
         xf = _h_to_f16(q0, q1, q2, q3)
         s2 = ptx.cvt_f16x2_e4m3x2(sc)
         s_g = ptx.prmt(s2, 0, 0x1010)
@@ -236,7 +243,8 @@ def _moe_down_kernel(h32, inter, ids, weights, topk, e_count, codes, scales, gs,
                                          c0, c1, c2, c3)
         acc0 += c0 * coef
         acc2 += c2 * coef
-        w4, sc, coef, q0, q1, q2, q3 = nw4, nsc, ncoef, n0, n1, n2, n3
+        w4, sc, coef, q0, q1, q2, q3 = pw4, psc, pcoef, p0, p1, p2, p3
+        pw4, psc, pcoef, p0, p1, p2, p3 = nw4, nsc, ncoef, n0, n1, n2, n3
         item = nxt
     if t == 0:
         red[warp, g] = acc0

@@ -13,7 +13,8 @@ Loads (``arr`` a 1-D C-contiguous uint32/int32 array, ``i`` an element index):
   ``ld_v4(arr, i)`` -> 4 words from ``arr[i:i+4]`` (16-byte ``ld.global.nc.L1::no_allocate``;
   ``i`` must be a multiple of 4 and the array 16-byte aligned; for streamed weights);
   ``ld_v4_cached`` the same but allocating in L1 (activations reused by many blocks);
-  ``ld_v2(arr, i)`` -> 2 words.
+  ``ld_v2(arr, i)`` -> 2 words; ``ld_u16(arr, i)`` -> one 16-bit element of a uint16/int16
+  array, zero-extended (no negative-index wraparound code, unlike ``arr[i]``).
 Tensor cores (``mma.sync.aligned.m16n8k16.row.col``, fp32 accumulate), fragment layout with
 lane = 4*g + t: A regs (row g, k 2t..2t+1), (row g+8, k 2t..), (row g, k 2t+8..), (row g+8,
 k 2t+8..); B regs (k 2t..2t+1, col g), (k 2t+8..2t+9, col g); C/D (row g, cols 2t, 2t+1),
@@ -35,7 +36,7 @@ import numpy as np
 from imp_kernels.compat import SIMULATOR, cuda
 
 __all__ = [
-    "ld_v4", "ld_v4_cached", "ld_v2", "mma_f16", "mma_bf16", "cvt_f16x2_e4m3x2", "cvt_f16x2_f32", "f16_lo",
+    "ld_v4", "ld_v4_cached", "ld_v2", "ld_u16", "mma_f16", "mma_bf16", "cvt_f16x2_e4m3x2", "cvt_f16x2_f32", "f16_lo",
     "f16_hi", "hmul2", "hsub2", "bits_to_f32", "f32_to_bits", "cvt_bf16_f32", "prmt",
     "shfl_xor_f32", "syncwarp",
 ]
@@ -101,6 +102,18 @@ if not SIMULATOR:
                      "ld.global.nc.L1::no_allocate.v2.u32 {$0,$1}, [$2];", "=r,=r,l")
             vals = [builder.extract_value(r, k) for k in range(2)]
             return context.make_tuple(builder, sig.return_type, vals)
+
+        return sig, codegen
+
+    @intrinsic
+    def ld_u16(typingctx, arr, i):
+        if not (isinstance(arr, types.Array) and arr.ndim == 1 and arr.dtype in (types.uint16, types.int16)):
+            raise TypeError(f"expected a 1-D uint16/int16 array, got {arr}")
+        sig = types.uint32(arr, i)
+
+        def codegen(context, builder, sig, args):
+            ptr = _elem_ptr(context, builder, sig.args[0], args[0], sig.args[1], args[1])
+            return _asm(builder, _i32, [ptr], "ld.global.nc.u16 $0, [$1];", "=r,l")
 
         return sig, codegen
 
@@ -214,6 +227,9 @@ else:  # ---------------------------------------------------------------- simula
         return (_u32(arr[i]), _u32(arr[i + 1]), _u32(arr[i + 2]), _u32(arr[i + 3]))
 
     ld_v4_cached = ld_v4
+
+    def ld_u16(arr, i):
+        return _U32(int(arr[int(i)]) & 0xFFFF)
 
     def ld_v2(arr, i):
         i = int(i)

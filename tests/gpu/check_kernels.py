@@ -172,7 +172,11 @@ def main() -> int:
     makers += [lambda l=l, n=n, k=k, gr=gr: run_case(lambda: bc.case_fp8(l, n, k, m=2, gran=gr))
                for (l, n, k), gr in zip(bench.QWEN[:4] + bench.MISTRAL[3:4], ("tensor", "channel", "block", "tensor", "block"))]
     makers += [lambda l=l, n=n, k=k, q=q: run_case(lambda: bc.case_gguf(l, q, n, k, m=2))
-               for q in ("Q8_0", "Q4_K", "Q6_K") for l, n, k in (bench.MISTRAL[0], bench.GEMMA[3], bench.GEMMA[1])]
+               for q in ("Q8_0", "Q4_K", "Q6_K") for l, n, k in (bench.MISTRAL[0], bench.GEMMA[3], bench.GEMMA[1])
+               if q == "Q8_0" or k % 256 == 0]  # K-quants need K % 256 (llama.cpp falls back otherwise)
+    makers += [lambda q=q: run_case(lambda: bc.case_gguf("uncapped", q, 5120, 4096, m=2, variant="uncapped"))
+               for q in ("Q4_K", "Q6_K")]
+    makers += [lambda: run_case(lambda: bc.case_nvfp4("pipeline 1", 5120, 4096, m=3, pipeline=1))]
     makers += [lambda l=l, n=n, k=k: run_case(lambda: bc.case_bf16(l, n, k, m=3))
                for l, n, k in (("qwen router", 256, 2048), ("deltanet a", 32, 2048), ("shared_gate", 1, 2048),
                                ("qwen lm_head", 248320, 2048))]
