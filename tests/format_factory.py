@@ -371,3 +371,20 @@ def make_fixture(fmt: str, root: Path, *, seed: int = 0) -> Fixture:
         path = _write_dir(root / "quantized", original, q, qc, extra)
     dense_dir = _write_dir(root / "dense", original, {k: v.float() for k, v in dense.items()})
     return Fixture(fmt, path, dense_dir, original, layout)
+
+
+_CACHE: dict[str, Fixture] = {}
+_ROOT: list[Path] = []
+
+
+def cached_fixture(fmt: str) -> Fixture:
+    """``make_fixture`` once per test process (fixtures are read-only to the tests)."""
+    if fmt not in _CACHE:
+        import atexit
+        import tempfile
+
+        if not _ROOT:
+            _ROOT.append(Path(tempfile.mkdtemp(prefix="imp-formats-")))
+            atexit.register(shutil.rmtree, _ROOT[0], True)
+        _CACHE[fmt] = make_fixture(fmt, _ROOT[0] / fmt)
+    return _CACHE[fmt]
