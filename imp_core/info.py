@@ -22,6 +22,30 @@ def _table(rows: list[tuple[str, str]], indent: str = "  ") -> list[str]:
     return [f"{indent}{k.ljust(width)}  {v}" for k, v in rows]
 
 
+def role_table(ck, plan, skip_prefixes: tuple[str, ...]) -> tuple[dict[str, dict[str, list[int]]], int]:
+    """({role: {qtype: [tensors, bytes incl. scales]}}, skipped bytes) of a checkpoint's text model."""
+    from imp_core.checkpoint.names import normalize_name
+    from imp_core.roles import tensor_role
+
+    by_stored = {t.stored_name: t for t in plan.tensors.values()}
+    roles: dict[str, dict[str, list[int]]] = {}
+    skipped = 0
+    for t in ck.tensors.values():
+        if t.name in plan.sidecars:
+            continue
+        logical = plan.logical_name(t.name)
+        if normalize_name(logical, skip_prefixes) is None:
+            skipped += t.nbytes
+            continue
+        tq = by_stored.get(t.name)
+        qtype = tq.format if tq else t.dtype
+        nbytes = t.nbytes + (sum(ck.tensors[s].nbytes for s in tq.sidecars) if tq else 0)
+        cell = roles.setdefault(tensor_role(logical), {}).setdefault(qtype, [0, 0])
+        cell[0] += 1
+        cell[1] += nbytes
+    return roles, skipped
+
+
 def describe_checkpoint(path: Path, resolved: ResolvedSettings, plugins: PluginSet) -> str:
     insp = inspect_checkpoint(path, resolved, plugins)
     ck = insp.checkpoint
@@ -29,19 +53,14 @@ def describe_checkpoint(path: Path, resolved: ResolvedSettings, plugins: PluginS
     lines.append("model")
     lines += _table([("architecture", insp.info.architecture), ("family", insp.spec.family),
                      ("plugin", insp.spec.plugin), *insp.family.describe(insp.config)])
-    by_dtype: dict[str, list[int]] = {}
-    skipped = 0
-    from imp_core.checkpoint.names import normalize_name
-
-    for t in ck.tensors.values():
-        if normalize_name(t.name, insp.family.skip_prefixes) is None:
-            skipped += t.nbytes
-            continue
-        entry = by_dtype.setdefault(t.dtype, [0, 0])
-        entry[0] += 1
-        entry[1] += t.nbytes
-    lines += ["", "tensors (text model)"]
-    lines += _table([(dt, f"{n} tensors, {_human(b)}") for dt, (n, b) in sorted(by_dtype.items())])
+    lines += ["", "quantization"]
+    plan = insp.quant_plan
+    lines += _table([("producer", plan.producer), ("formats", plan.summary()),
+                     *[("detail", d) for d in plan.details]])
+    roles, skipped = role_table(ck, plan, insp.family.skip_prefixes)
+    lines += ["", "tensor roles x qtype (text model)"]
+    lines += _table([(role, "; ".join(f"{qt} {n} x {_human(b)}" for qt, (n, b) in sorted(cells.items())))
+                     for role, cells in sorted(roles.items())])
     if skipped:
         lines += _table([("skipped", f"{_human(skipped)} of vision/audio/other weights not used for text")])
     per_tok = insp.family.cache_bytes_per_token(insp.config, insp.dtype)

@@ -59,5 +59,5 @@ class MistralConfig(BaseModel):
 def load_config(checkpoint: Checkpoint) -> MistralConfig:
     data = dict(checkpoint.text_config)
     archs = checkpoint.hf_architectures
-    data["architecture"] = archs[0] if archs else "MistralForCausalLM"
+    data["architecture"] = archs[0] if archs else data.get("architecture", "MistralForCausalLM")
     return parse_config(MistralConfig, data, f"{checkpoint.path}/config.json")
