@@ -9,6 +9,7 @@ sampling), each with a CUDA-simulator twin where the GPU version is an intrinsic
   ``i`` a multiple of 4); imp_kernels.ptx only has loads.
 * ``shfl_idx_f32(v, src)``: every lane reads ``v`` of lane ``src`` (full warp; the simulator has
   no warp shuffles, so its twin exchanges through a per-warp barrier like ``ptx.shfl_xor_f32``).
+* ``warp_sum(v)``: butterfly sum over the 32 lanes (every lane gets it).
 * ``block_sum(v, scratch)`` / ``block_max(v, scratch)``: all threads get the block-wide result;
   ``scratch`` is a shared float32 array of >= 32 entries; every thread of the block must call.
 * ``u32(t)``: flat uint32 word view of a contiguous tensor (kernel argument for 16-byte access).
@@ -28,7 +29,7 @@ from imp_kernels.compat import SIMULATOR, cuda
 from imp_kernels.launch import device_jit
 
 __all__ = ["KernelArgError", "ld_bf16", "st_bf16", "bf16_round", "lo_f32", "hi_f32", "pack_bf16",
-           "st_v4", "shfl_idx_f32", "block_sum", "block_max", "check", "want", "u32", "NEG_INF"]
+           "st_v4", "shfl_idx_f32", "warp_sum", "block_sum", "block_max", "check", "want", "u32", "NEG_INF"]
 
 NEG_INF = np.float32(-np.inf)
 
@@ -158,13 +159,19 @@ else:  # ---------------------------------------------------------------- simula
 
 
 @device_jit(inline="always")
-def block_sum(v, scratch):
+def warp_sum(v):
     v = np.float32(v)
     v += ptx.shfl_xor_f32(v, 16)
     v += ptx.shfl_xor_f32(v, 8)
     v += ptx.shfl_xor_f32(v, 4)
     v += ptx.shfl_xor_f32(v, 2)
     v += ptx.shfl_xor_f32(v, 1)
+    return v
+
+
+@device_jit(inline="always")
+def block_sum(v, scratch):
+    v = warp_sum(v)
     tid = cuda.threadIdx.x
     if (tid & 31) == 0:
         scratch[tid >> 5] = v
