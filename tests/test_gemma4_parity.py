@@ -13,8 +13,9 @@ Tolerances:
   ulp). Decode 2e-5 absolute (measured ~6e-6 at logit scale ~20): both softmaxes run in fp32
   even in fp64 models, over different lengths and orders (imp's ring and full-length buffers vs
   transformers' W-1 / growing caches), the ~1e-7-relative effect of §4.4.
-- bf16: transformers' default (grouped_mm) experts, same ops in the same order: measured
-  bit-identical (0.0) in prefill and decode, including the softcap applied in bf16; asserted as
+- bf16 (hidden 80, so the bf16 rounding of sqrt(hidden) matters): transformers' default
+  (grouped_mm) experts, same ops in the same order: measured bit-identical (0.0) in prefill and
+  decode, including the embedding scale and the softcap applied in bf16; asserted as
   >= 99% identical logits and max |diff| <= 0.125 (one bf16 ulp at 16-32) to stay robust to BLAS
   blocking on other CPUs while still failing for transformers' eager (bf16-accumulating)
   experts, which differ on ~80% of the logits by up to ~1.8.
@@ -170,7 +171,8 @@ def test_fp64_prefill_matches_transformers_to_the_last_fp32_ulp(tmp_path):
 def test_bf16_matches_transformers_bf16_logits(tmp_path):
     import transformers as tf
 
-    path = write_checkpoint(tmp_path / "ck", "gemma4", seed=7)
+    # hidden 80: bf16(sqrt(80)) = 8.9375 != 8.944, so the embedding scale's rounding is exercised
+    path = write_checkpoint(tmp_path / "ck", "gemma4", seed=7, hidden_size=80)
     hf = tf.Gemma4ForConditionalGeneration.from_pretrained(
         path, attn_implementation="eager", dtype=torch.bfloat16).eval()  # default grouped_mm experts
     model = _session(path, **{"runtime.dtype": "bfloat16", "attention.backend": "eager"}).model
