@@ -99,6 +99,8 @@ def test_user_forced_backend_is_respected_and_explained(plugins, real_info):
     settings.attention.backend = "eager"
     choices = policy.choose_attention(plugins.hook, real_info.attention_layers, settings, "cpu")
     assert {c.backend for c in choices} == {"eager"}
+    assert choices[0].reason == "sliding layer (head_dim 256, window 1024): attention.backend = eager"
+    assert choices[5].reason == "global layer (head_dim 512, 16/2 heads, K=V): attention.backend = eager"
 
 
 # -- phases ----------------------------------------------------------------------------

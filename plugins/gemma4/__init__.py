@@ -21,7 +21,8 @@ def imp_register_architectures(register):
 def imp_attention_backend(layer, candidates, settings):
     from imp_gemma4.policy import attention_backend
 
-    return attention_backend(layer, candidates)
+    forced = settings.attention.backend
+    return attention_backend(layer, candidates, forced=None if forced == "auto" else forced)
 
 
 @hookimpl

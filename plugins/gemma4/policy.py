@@ -46,8 +46,13 @@ def _describe_layer(layer: Gemma4AttentionLayerSpec) -> str:
 
 
 def attention_backend(layer: AttentionLayerSpec, candidates: list[str],
-                      backends: Mapping[str, BackendSpec] | None = None) -> AttentionChoice | None:
-    """The backend for one Gemma-4 layer: the first candidate that serves its head_dim, with why."""
+                      backends: Mapping[str, BackendSpec] | None = None,
+                      forced: str | None = None) -> AttentionChoice | None:
+    """The backend for one Gemma-4 layer: the first candidate that serves its head_dim, with why.
+
+    ``forced`` is the user's ``attention.backend`` when it is not ``auto`` (then the chain is
+    that one backend, and the reason says so).
+    """
     if not isinstance(layer, Gemma4AttentionLayerSpec):
         return None
     registry = attention_backends.BACKENDS if backends is None else backends
@@ -61,7 +66,8 @@ def attention_backend(layer: AttentionLayerSpec, candidates: list[str],
     what = _describe_layer(layer)
     if not usable:
         raise ConfigError(f"no attention backend serves the Gemma-4 {what}; declined: {', '.join(declined)}")
-    reason = f"{what}: first backend in the chain that serves it"
+    how = f"attention.backend = {forced}" if forced else "first backend in the chain that serves it"
+    reason = f"{what}: {how}"
     if declined:
         reason += f"; declined {', '.join(declined)}"
     return AttentionChoice(usable[0], reason, decided_by=FAMILY)
