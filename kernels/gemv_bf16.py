@@ -5,7 +5,8 @@
 16-byte load per row), and ``mma.sync m16n8k16`` bf16 x bf16 -> fp32 does the products, so the
 activations need no conversion. ``linear_bf16`` picks, per shape class, this kernel or
 ``torch.mm``/``torch.addmm`` (cuBLAS) -- whichever the H200 benchmark measured faster
-(``TORCH_WINS``; see bench/results). M = 1..8 rows of x, K % 8 == 0.
+(``NUMBA_WINS``; today cuBLAS wins or ties every measured class, see bench/results).
+M = 1..8 rows of x, K % 8 == 0.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from imp_kernels.compat import cuda
 from imp_kernels.launch import device_jit, jit, launch, require_aligned
 from imp_kernels.mma_frag import store_out
 
-__all__ = ["gemv_bf16", "gemv_bf16_ref", "linear_bf16", "TORCH_WINS"]
+__all__ = ["warmup", "gemv_bf16", "gemv_bf16_ref", "linear_bf16", "NUMBA_WINS"]
 
 MAX_WARPS = 16
 MAX_M = 8
@@ -152,9 +153,13 @@ def _torch_linear(x, w, out, residual):
         torch.addmm(residual, x, w.t(), out=out)
 
 
-# Shape classes where cuBLAS measured faster than gemv_bf16 on the H200 (bench/results); a class
-# is (M bucket, N bucket, K bucket) with buckets from ``_shape_class``.
-TORCH_WINS: set[tuple[str, str, str]] = set()
+# Shape classes where gemv_bf16 measured faster than cuBLAS (torch.mm) on the H200, CUDA-graph
+# replay, bench/results/2026-11-28-h200-gemv.md. Measured (us, ours vs torch, M=1): router 256x2048
+# 5.8 vs 5.8, DeltaNet a/b 32x2048 5.1 vs 5.0, Gemma router 128x2816 7.2 vs 6.9, shared gate 1x2048
+# 4.0 vs 4.0, in_proj_z 4096x2048 8.0 vs 7.8, o 5120x4096 20.5 vs 13.6 (M=8: 21.1 vs 13.5),
+# lm_head 248320x2048 388 vs 236, 262144x2816 593 vs 336. cuBLAS wins or ties every class, so
+# linear_bf16 routes everything to it; a class goes here only when a benchmark shows a win.
+NUMBA_WINS: set[tuple[str, str, str]] = set()
 
 
 def _shape_class(m: int, n: int, k: int) -> tuple[str, str, str]:
@@ -169,7 +174,7 @@ def linear_bf16(x: torch.Tensor, w: torch.Tensor, out: torch.Tensor, *,
     """``out = x @ w^T (+ residual)`` by whichever of gemv_bf16 / cuBLAS wins for this shape class."""
     m, k = x.shape
     n = w.shape[0]
-    if m > MAX_M or k % 8 or out.dtype != torch.bfloat16 or _shape_class(m, n, k) in TORCH_WINS:
+    if m > MAX_M or k % 8 or out.dtype != torch.bfloat16 or _shape_class(m, n, k) not in NUMBA_WINS:
         if out.dtype == torch.bfloat16:
             _torch_linear(x, w, out, residual)
         else:
@@ -177,3 +182,14 @@ def linear_bf16(x: torch.Tensor, w: torch.Tensor, out: torch.Tensor, *,
             out.copy_(y + residual.float() if residual is not None else y)
         return
     gemv_bf16(x, w, out, residual=residual)
+
+
+def warmup(device="cuda") -> None:
+    """Compile and load the specialisations real calls use (bf16/fp32 out, +-residual)."""
+    from imp_kernels.launch import warmup as _run
+
+    x = torch.zeros(1, 32, dtype=torch.bfloat16, device=device)
+    w = torch.zeros(32, 32, dtype=torch.bfloat16, device=device)
+    res = torch.zeros(1, 32, dtype=torch.bfloat16, device=device)
+    _run(*[(gemv_bf16, (x, w, torch.empty(1, 32, dtype=dt, device=device)), {"residual": r})
+           for dt in (torch.bfloat16, torch.float32) for r in (None, res)])

@@ -22,7 +22,7 @@ from imp_kernels.launch import device_jit, jit, launch, require_aligned
 from imp_kernels.mma_frag import load_x8_bf16, store_out, bf16x2_to_f16x2
 from imp_kernels.repack import fp8_untile
 
-__all__ = ["gemv_fp8", "gemv_fp8_ref"]
+__all__ = ["warmup", "gemv_fp8", "gemv_fp8_ref"]
 
 MAX_WARPS = 16
 MAX_M = 8
@@ -203,3 +203,17 @@ def gemv_fp8_ref(x, codes, scale, out, *, residual=None, warps=None) -> None:
     if residual is not None:
         y = y + residual.float()
     out.copy_(y.to(out.dtype))
+
+
+def warmup(device="cuda") -> None:
+    """Compile and load the specialisations real calls use (bf16/fp32 out, +-residual)."""
+    from imp_kernels.launch import warmup as _run
+
+    from imp_kernels.repack import fp8_tile
+
+    ct = fp8_tile(torch.zeros(32, 32, dtype=torch.uint8, device=device))
+    x = torch.zeros(1, 32, dtype=torch.bfloat16, device=device)
+    sc = torch.ones(1, device=device)
+    res = torch.zeros(1, 32, dtype=torch.bfloat16, device=device)
+    _run(*[(gemv_fp8, (x, ct, sc, torch.empty(1, 32, dtype=dt, device=device)), {"residual": r})
+           for dt in (torch.bfloat16, torch.float32) for r in (None, res)])

@@ -23,7 +23,7 @@ from imp_kernels.launch import device_jit, jit, launch, require_aligned
 from imp_kernels.mma_frag import store_out
 from imp_kernels.repack import GGUF_BLOCKS
 
-__all__ = ["gemv_gguf", "gemv_gguf_ref", "SUPPORTED"]
+__all__ = ["warmup", "gemv_gguf", "gemv_gguf_ref", "SUPPORTED"]
 
 SUPPORTED = ("Q8_0", "Q4_K", "Q6_K")
 ROWS = 8  # warps (= rows) per block
@@ -334,3 +334,22 @@ def gemv_gguf_ref(x, raw32, qtype, n, out, *, residual=None, variant=None) -> No
     if residual is not None:
         y = y + residual.float()
     out.copy_(y.to(out.dtype))
+
+
+def warmup(device="cuda", variants=("capped",)) -> None:
+    """Compile and load every GGUF kernel for bf16/fp32 out, +-residual."""
+    from imp_kernels.gguf_common import gguf_device_buffer
+    from imp_kernels.launch import warmup as _run
+
+    x = torch.zeros(1, 256, dtype=torch.bfloat16, device=device)
+    res = torch.zeros(1, 8, dtype=torch.bfloat16, device=device)
+    calls = []
+    for q in SUPPORTED:
+        elems, nb = GGUF_BLOCKS[q]
+        buf = gguf_device_buffer(torch.zeros(8 * 256 // elems * nb, dtype=torch.uint8, device=device))
+        for dt in (torch.bfloat16, torch.float32):
+            for r in (None, res):
+                for v in variants:
+                    calls.append((gemv_gguf, (x, buf, q, 8, torch.empty(1, 8, dtype=dt, device=device)),
+                                  {"residual": r, "variant": v}))
+    _run(*calls)

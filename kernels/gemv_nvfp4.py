@@ -20,9 +20,9 @@ from imp_kernels import ptx
 from imp_kernels.compat import cuda
 from imp_kernels.launch import device_jit, jit, launch, require_aligned
 from imp_kernels.mma_frag import load_x16_raw, nvfp4_frags, store_out, x16_to_f16
-from imp_kernels.repack import nvfp4_untile
+from imp_kernels.repack import nvfp4_tile, nvfp4_untile
 
-__all__ = ["gemv_nvfp4", "gemv_nvfp4_ref", "nvfp4_block_warps", "MAX_WARPS"]
+__all__ = ["warmup", "gemv_nvfp4", "gemv_nvfp4_ref", "nvfp4_block_warps", "MAX_WARPS"]
 
 MAX_WARPS = 16
 MAX_M = 8
@@ -257,3 +257,23 @@ def gemv_nvfp4_ref(x, codes, scales, gscale, out, *, residual=None, warps=None, 
     if residual is not None:
         y = y + residual.float()
     out.copy_(y.to(out.dtype))
+
+
+def warmup(device="cuda") -> None:
+    """Compile and load every specialisation real calls use (bf16/fp32 out, with/without a
+    residual, both pipelines) on tiny inputs: numba specialises on dtypes, not sizes."""
+    from imp_kernels.launch import warmup as _run
+
+    codes = torch.zeros(32, 32, dtype=torch.uint8, device=device)
+    scales = torch.full((32, 4), 0x38, dtype=torch.uint8, device=device)
+    ct, st = nvfp4_tile(codes, scales)
+    x = torch.zeros(1, 64, dtype=torch.bfloat16, device=device)
+    gs = torch.ones(1, device=device)
+    res = torch.zeros(1, 32, dtype=torch.bfloat16, device=device)
+    calls = []
+    for dt in (torch.bfloat16, torch.float32):
+        for r in (None, res):
+            for pipe in (2, 1):
+                calls.append((gemv_nvfp4, (x, ct, st, gs, torch.empty(1, 32, dtype=dt, device=device)),
+                              {"residual": r, "pipeline": pipe}))
+    _run(*calls)

@@ -33,7 +33,7 @@ from imp_kernels.launch import device_jit, jit, launch, require_aligned
 from imp_kernels.mma_frag import load_x16_raw, nvfp4_frags, store_out, x16_to_f16
 from imp_kernels.repack import nvfp4_untile
 
-__all__ = ["moe_nvfp4", "moe_nvfp4_ref", "SILU", "GELU_TANH", "moe_scratch_shape"]
+__all__ = ["warmup", "moe_nvfp4", "moe_nvfp4_ref", "SILU", "GELU_TANH", "moe_scratch_shape"]
 
 SILU, GELU_TANH = 0, 1
 MAX_WARPS = 32  # shared-memory sizing; launches use at most LAUNCH_WARPS (80 regs x 1024 threads would not fit)
@@ -393,3 +393,29 @@ def moe_nvfp4_ref(x, topk_ids, topk_weights, gate_up, down, out, h, *, activatio
     if residual is not None:
         y = y + residual.float()
     out.copy_(y.to(out.dtype))
+
+
+def warmup(device="cuda") -> None:
+    """Compile and load both MoE kernels (bf16/fp32 out, +-residual, int32/int64 ids)."""
+    from imp_kernels.launch import warmup as _run
+    from imp_kernels.repack import nvfp4_experts_tile
+
+    e, inter, hdim = 2, 16, 64
+    gu = nvfp4_experts_tile(torch.zeros(e, 2 * inter, hdim // 2, dtype=torch.uint8, device=device),
+                            torch.zeros(e, 2 * inter, hdim // 16, dtype=torch.uint8, device=device))
+    dn = nvfp4_experts_tile(torch.zeros(e, hdim, inter // 2, dtype=torch.uint8, device=device),
+                            torch.zeros(e, hdim, inter // 16, dtype=torch.uint8, device=device))
+    gate_up = (*gu, torch.ones(e, 2, device=device))
+    down = (*dn, torch.ones(e, device=device))
+    x = torch.zeros(1, hdim, dtype=torch.bfloat16, device=device)
+    wts = torch.ones(1, 1, device=device)
+    h = torch.empty(moe_scratch_shape(1, 1, inter, False), device=device)
+    res = torch.zeros(1, hdim, dtype=torch.bfloat16, device=device)
+    calls = []
+    for ids_dt in (torch.int32, torch.int64):
+        ids = torch.zeros(1, 1, dtype=ids_dt, device=device)
+        for dt in (torch.bfloat16, torch.float32):
+            for r in (None, res):
+                calls.append((moe_nvfp4, (x, ids, wts, gate_up, down, torch.empty(1, hdim, dtype=dt, device=device), h),
+                              {"residual": r}))
+    _run(*calls)

@@ -63,3 +63,10 @@ def test_gemv_fp8_matches_reference(gran, n, k):
     out2 = torch.full_like(out, float("nan"))
     gemv_fp8_ref(x, ct, scale, out2, residual=res)
     assert rel_err(out2, ref) < 1e-3
+
+
+def test_module_warmups_run():
+    from imp_kernels import gemv_bf16 as b, gemv_fp8 as f
+
+    b.warmup("cpu")
+    f.warmup("cpu")
