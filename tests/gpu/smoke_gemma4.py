@@ -91,8 +91,8 @@ def captured_decode(path: Path, device: str, *, prompt_len: int = 20, steps: int
     if device != "cuda":
         return {"skipped": "needs cuda", "passed": True}
     model = _load(path, device)
-    ids = torch.randint(3, model.cfg.vocab_size, (1, prompt_len), generator=torch.Generator().manual_seed(5),
-                        device=device)
+    ids = torch.randint(3, model.cfg.vocab_size, (1, prompt_len),
+                        generator=torch.Generator().manual_seed(5)).to(device)
     pos = torch.arange(prompt_len, device=device)
     graph_cache, eager_cache = model.new_cache(1, 64), model.new_cache(1, 64)
     first = model.forward(ids, pos, graph_cache, last_only=True)
