@@ -336,8 +336,9 @@ def attn_decode_ref(q, k_cache, v_cache, slot_pos, pos, out, *, scale, window=No
     out.copy_(o)
 
 
-def kernel_sigs(U32, U16, I64, I32, F32A, I, F) -> dict:
+def kernel_sigs(T) -> dict:
     """Argument types of the kernels as the wrapper launches them (for ops_ptx_report)."""
-    part = (U32, U32, U32, I64, I64, I, I, I, I, I, F, I, I, I, F32A, F32A, I, U16, U16, I)
-    merge = (F32A, F32A, I, I, I, I, I, U16, U16, I)
+    part = (T.U32, T.U32, T.U32, T.I64, T.I64, T.I, T.I, T.I, T.I, T.I, T.F, T.I, T.I, T.I, T.F32A, T.F32A, T.I,
+            T.U16, T.U16, T.I)
+    merge = (T.F32A, T.F32A, T.I, T.I, T.I, T.I, T.I, T.U16, T.U16, T.I)
     return {"attn_partial": (_attn_partial_kernel, part), "attn_merge": (_attn_merge_kernel, merge)}

@@ -313,7 +313,8 @@ def gdn_decode_ref(mixed, conv_state, conv_w, a, b, a_log, dt_bias, z, norm_w, s
     out.copy_((n * F.silu(z.view(bsz, hv, dv).float())).bfloat16().view(bsz, hv * dv))
 
 
-def kernel_sigs(U32, U16, I32, F32A, I, F) -> dict:
+def kernel_sigs(T) -> dict:
     """Argument types of the kernel as the wrapper launches it (for ops_ptx_report)."""
-    sig = (U16, U16, U16, I, I, U16, U16, F32A, F32A, U16, U16, F, U32, U16, I32, F32A, F32A, I, I, I, F)
+    sig = (T.U16, T.U16, T.U16, T.I, T.I, T.U16, T.U16, T.F32A, T.F32A, T.U16, T.U16, T.F, T.U32, T.U16, T.I32,
+           T.F32A, T.F32A, T.I, T.I, T.I, T.F)
     return {"gdn_step": (_gdn_step_kernel, sig)}

@@ -17,29 +17,28 @@ import sys
 import tempfile
 from pathlib import Path
 
-from numba import types
+from types import SimpleNamespace
 
 from imp_kernels.compat import SIMULATOR, cuda
 
-U32 = types.Array(types.uint32, 1, "C")
-U16 = types.Array(types.uint16, 1, "C")
-I64 = types.Array(types.int64, 1, "C")
-I32 = types.Array(types.int32, 1, "C")
-F32A = types.Array(types.float32, 1, "C")
-I = types.int64
-F = types.float32
+
+def arg_types() -> SimpleNamespace:
+    """The numba types the wrappers pass: 1-D C arrays of words / bf16 bits / ints / floats."""
+    from numba import types
+
+    arr = lambda dt: types.Array(dt, 1, "C")  # noqa: E731
+    return SimpleNamespace(U32=arr(types.uint32), U16=arr(types.uint16), I64=arr(types.int64),
+                           I32=arr(types.int32), F32A=arr(types.float32), I=types.int64, F=types.float32)
 
 
 def kernel_sigs() -> dict:
     """name -> (dispatcher, argument types) for every decode-op kernel."""
     from imp_kernels import attn_decode, gdn_decode, rmsnorm, rope, router, sample
 
-    sigs = {"rmsnorm": (rmsnorm._rmsnorm_kernel, (U32, U32, I, U32, I, F, F, U32, I))}
-    sigs.update(rope.kernel_sigs(U32, U16, I64, F32A, I, F))
-    sigs.update(attn_decode.kernel_sigs(U32, U16, I64, I32, F32A, I, F))
-    sigs.update(gdn_decode.kernel_sigs(U32, U16, I32, F32A, I, F))
-    sigs.update(router.kernel_sigs(U32, U16, I32, I64, F32A, I, F))
-    sigs.update(sample.kernel_sigs(U32, U16, I32, I64, F32A, I, F))
+    t = arg_types()
+    sigs: dict = {}
+    for mod in (rmsnorm, rope, attn_decode, gdn_decode, router, sample):
+        sigs.update(mod.kernel_sigs(t))
     return sigs
 
 

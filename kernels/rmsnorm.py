@@ -131,3 +131,8 @@ def rmsnorm_ref(x: torch.Tensor, weight: torch.Tensor | None, out: torch.Tensor,
         h = x + residual
         residual.copy_(h)
     out.copy_(rms_norm(h, weight, eps, mode=mode, offset=offset))
+
+
+def kernel_sigs(T) -> dict:
+    """Argument types of the kernel as the wrapper launches it (for ops_ptx_report)."""
+    return {"rmsnorm": (_rmsnorm_kernel, (T.U32, T.U32, T.I, T.U32, T.I, T.F, T.F, T.U32, T.I))}

@@ -237,3 +237,10 @@ def rope_cache_ref(q, k, v, pos, k_cache, v_cache, slot_pos, *, inv_freq=None, c
         k_cache.index_copy_(2, slot, k[:, :, None])
         v_cache.index_copy_(2, slot, vv[:, :, None])
         slot_pos.index_copy_(0, slot, pos)
+
+
+def kernel_sigs(T) -> dict:
+    """Argument types of the kernel as the wrapper launches it (for ops_ptx_report)."""
+    sig = (T.U16, T.U16, T.U16, T.I64, T.U16, T.U16, T.I64, T.I, T.I, T.I, T.I, T.I, T.I, T.F32A, T.I, T.I,
+           T.U16, T.U16, T.F, T.U16, T.U16, T.I, T.I, T.I, T.F, T.F, T.I)
+    return {"rope_cache": (_rope_cache_kernel, sig)}

@@ -270,7 +270,8 @@ def route_ref(x, weight, ids, weights, *, top_k, workspace=None, norm_scale=None
     weights.copy_(w)
 
 
-def kernel_sigs(U32, U16, I32, I64, F32A, I, F) -> dict:
+def kernel_sigs(T) -> dict:
     """Argument types of the kernel as the wrapper launches it (for ops_ptx_report)."""
-    sig = (U32, I, I, U32, I, I, I, U32, U16, F, F, F32A, I32, I32, I64, I, F32A, U16, I)
+    sig = (T.U32, T.I, T.I, T.U32, T.I, T.I, T.I, T.U32, T.U16, T.F, T.F, T.F32A, T.I32, T.I32, T.I64, T.I,
+           T.F32A, T.U16, T.I)
     return {"router": (_router_kernel, sig)}
