@@ -1,13 +1,13 @@
 """The generate loop: prefill, then one decode step per token, streaming text as it comes.
 
-Capture-readiness of the decode step (``Generator.decode_step``): the token and its position
-live in static device buffers (``token_buf``, ``pos_buf``), the position advances on the
-device, the KV write index and the attention mask are computed on the device from positions,
-the cache is preallocated, and the sampler draws on the device from a counter-based RNG; so
-the step itself allocates no persistent memory and never syncs with the host. What is not yet
-capture-ready: the reference path allocates temporaries through the torch caching allocator
-(fine under torch.cuda.graph's private pool) and the host reads each sampled token after the
-step to stream it (outside the step). Prefill is not captured.
+The decode step (``Generator.decode_step`` plus the sampler) is capture-ready: the token and
+its position live in static device buffers (``token_buf``, ``pos_buf``), the position advances
+on the device, the KV write index and the attention mask are computed on the device from
+positions, every cache buffer is preallocated, and the sampler draws on the device from a
+counter-based RNG; the step never syncs with the host. On CUDA with ``runtime.cuda_graphs`` the
+step (observe + forward + sample) is captured once per sampler and replayed for every token,
+which removes the Python and launch overhead of the reference path's many small ops; the host
+only reads the sampled token after each replay, to stream it. Prefill runs eagerly.
 """
 
 from __future__ import annotations
@@ -52,8 +52,11 @@ def _sync(device: torch.device) -> None:
 class Generator:
     """Owns one sequence's cache and the static decode buffers."""
 
-    def __init__(self, model: CausalLM, context: int, *, prefill_chunk: int = PREFILL_CHUNK) -> None:
+    def __init__(self, model: CausalLM, context: int, *, prefill_chunk: int = PREFILL_CHUNK,
+                 cuda_graphs: bool = False) -> None:
         self.model = model
+        self.cuda_graphs = cuda_graphs and model.device.type == "cuda"
+        self._graphs: dict[int, tuple[object, object]] = {}  # id(sampler) -> (sampler, CUDAGraph)
         self.context = context
         self.prefill_chunk = prefill_chunk
         self.device = model.device
@@ -95,6 +98,33 @@ class Generator:
         logits = self.model.forward(self.token_buf, self.pos_buf, self.cache, last_only=True)
         return logits[:, -1]
 
+    @torch.inference_mode()
+    def _eager_step(self, sampler) -> None:
+        sampler.observe(self.token_buf)
+        token = sampler.sample(self.decode_step())
+        self.token_buf.copy_(token.view(1, 1))
+
+    def _graphed_step(self, sampler) -> None:
+        """One decode step by graph replay; the first step for a sampler runs eagerly on a side
+        stream (so lazily created handles and workspaces exist) and then captures the graph.
+
+        The warm-up is a real step, not a throw-away one: recurrent state (DeltaNet) updates in
+        place, so a discarded warm-up step would corrupt it. Capture itself executes nothing.
+        """
+        entry = self._graphs.get(id(sampler))
+        if entry is not None and entry[0] is sampler:
+            entry[1].replay()
+            return
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):
+            self._eager_step(sampler)
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            self._eager_step(sampler)
+        self._graphs[id(sampler)] = (sampler, graph)
+
     def generate(self, prompt_ids: list[int], sampler, *, max_tokens: int, eos_ids: Iterable[int],
                  on_token: Callable[[int], bool] | None = None) -> tuple[list[int], GenerationStats]:
         """Prefill ``prompt_ids`` then sample up to ``max_tokens`` tokens.
@@ -125,12 +155,12 @@ class Generator:
             if len(out) >= budget:
                 stats.finish_reason = "max tokens" if budget == max_tokens else "context full"
                 break
-            sampler.observe(self.token_buf)
-            logits = self.decode_step()
+            if self.cuda_graphs:
+                self._graphed_step(sampler)
+            else:
+                self._eager_step(sampler)
             self.length += 1
-            token = sampler.sample(logits)
-            self.token_buf.copy_(token.view(1, 1))
-            tok = int(token.item())
+            tok = int(self.token_buf.item())
         # the last sampled token is not yet in the cache; it is fed on the next turn, if any
         _sync(self.device)
         stats.decode_seconds = time.perf_counter() - t1

@@ -36,7 +36,8 @@ def stream(session: Session, ids: list[int], resolved: ResolvedSettings, *, stop
            ) -> GenerationStats:
     """Generate from ``ids`` and write the text to ``out`` as it is produced."""
     model, tok = session.model, session.tokenizer
-    gen = generator or Generator(model, session.inspection.context)
+    gen = generator or Generator(model, session.inspection.context,
+                                 cuda_graphs=resolved.settings.runtime.cuda_graphs)
     if sampler is None:
         sampler = Sampler(sampling_params(resolved), vocab_size=session.inspection.info.vocab_size,
                           device=model.device)
@@ -70,6 +71,10 @@ def run_prompt(model_path: Path, text: str, resolved: ResolvedSettings, plugins:
         raise PromptTooLongError(f"prompt is {len(ids)} tokens but the context holds {insp.context} "
                                  f"(runtime.context); shorten the prompt or raise --context")
     insp.plan.append(("prompt", f"{len(ids)} tokens, {how}"))
+    graphs = resolved.settings.runtime.cuda_graphs
+    insp.plan.append(("cuda graphs", ("on - the decode step is captured once and replayed" if graphs else
+                                      "off - runtime.cuda_graphs is false") if insp.device.type == "cuda"
+                      else f"off - device is {insp.device.type}"))
     if insp.settings.settings.runtime.threads:
         torch.set_num_threads(insp.settings.settings.runtime.threads)
     session = Session(insp, build_model(insp), tokenizer)
