@@ -4,7 +4,9 @@ Same math on both sides (fp32, identical dense weights up to the producers' own 
 dequant rounding), so the tolerance is the one of the BF16 parity test: max |logit diff|
 < 1e-4, prefill (24 tokens) and 16 cached decode steps. Measured: 5e-7 .. 7e-7.
 The quantisation error against the BF16 original (transformers, fp32) is reported with -s and
-only asserted loosely (formats.md §7: ~0.5 % weight error for 8-bit, ~10 % for 4-bit).
+only asserted loosely: logits within a wide band, the relative weight error within the band
+formats.md §7 predicts (measured: NVFP4 9.5 %, FP8 2.6 %, Q8_0 0.54 %, Q4_K_M-like 7.0 %;
+the tiny random model amplifies these into 1.5 % (Q8_0) .. 22 % (NVFP4) relative logit error).
 """
 
 from __future__ import annotations
@@ -62,10 +64,35 @@ def test_quantized_logits_match_transformers_on_dequantised_weights(fmt):
     orig = run_hf(load_hf(fx.original, fx.layout), ids, steps)
     qerr = (ours - orig).abs().max().item()
     rel = ((ours - orig).norm() / orig.norm()).item()
-    RESULTS[fmt] = (diff, qerr, rel)
+    werr = weight_error(fx)
+    RESULTS[fmt] = (diff, qerr, rel, werr)
     print(f"\n{fmt}: max|imp - transformers(dequantised)| = {diff:.2e}; vs BF16 original: "
-          f"max|diff| {qerr:.3f}, rel {rel:.2%}")
+          f"logits max|diff| {qerr:.3f}, rel {rel:.2%}; weights rel {werr:.2%}")
     assert 0 < rel < {"gguf-q8_0": 0.02, "ct-fp8": 0.1, "fp8-block": 0.1}.get(fmt, 0.5), rel
+    # formats.md §7: NVFP4 ~9.5 %, FP8 (3 mantissa bits) ~2.5 %, Q8_0 ~0.5 % relative weight error
+    low, high = WEIGHT_ERROR[fmt]
+    assert low < werr < high, (fmt, werr)
+
+
+WEIGHT_ERROR = {"ct-nvfp4": (0.07, 0.12), "modelopt-nvfp4": (0.07, 0.12), "modelopt-mixed": (0.04, 0.12),
+                "ct-fp8": (0.01, 0.04), "fp8-block": (0.01, 0.04), "gguf-q8_0": (0.002, 0.01),
+                "gguf-q4_k_m": (0.04, 0.12)}
+
+
+def weight_error(fx) -> float:
+    """Relative Frobenius error of the quantized weights (producer-dequantised vs the BF16 original)."""
+    from safetensors.torch import load_file
+
+    orig = load_file(str(fx.original / "model.safetensors"))
+    dense = load_file(str(fx.dense / "model.safetensors"))
+    num = den = 0.0
+    for name, d in dense.items():
+        o = orig.get(name)
+        if o is None or torch.equal(d, o.float()):
+            continue
+        num += (d - o.float()).pow(2).sum().item()
+        den += o.float().pow(2).sum().item()
+    return (num / den) ** 0.5
 
 
 def test_on_the_fly_dequant_gives_the_same_logits_as_dequant_at_load():
