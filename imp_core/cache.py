@@ -61,3 +61,19 @@ class KVCache:
             return keys, values, key_pos
         self._write(k, v, positions)
         return self.k, self.v, self.slot_pos
+
+
+class LayerCaches:
+    """A model's caches, one per layer (a KVCache, a recurrent state, or None), reset together."""
+
+    def __init__(self, layers: list) -> None:
+        self.layers = layers
+
+    def reset(self) -> None:
+        for c in self.layers:
+            if c is not None:
+                c.reset()
+
+    @property
+    def nbytes(self) -> int:
+        return sum(c.nbytes for c in self.layers if c is not None)

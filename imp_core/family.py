@@ -99,6 +99,11 @@ class Family(ABC):
         """KV bytes one more token of context costs (for `imp info` and the memory plan)."""
         return 0
 
+    def cache_bytes(self, config: Any, dtype: torch.dtype, context: int) -> int:
+        """Every cache byte one sequence of ``context`` tokens allocates (KV plus any fixed
+        per-sequence state such as sliding rings or recurrent states)."""
+        return self.cache_bytes_per_token(config, dtype) * context
+
     def describe(self, config: Any) -> list[tuple[str, str]]:
         """Lines for `imp info`: (label, value)."""
         return []

@@ -66,7 +66,8 @@ def describe_checkpoint(path: Path, resolved: ResolvedSettings, plugins: PluginS
     per_tok = insp.family.cache_bytes_per_token(insp.config, insp.dtype)
     lines += ["", "cache"]
     lines += _table([("per token", _human(per_tok)),
-                     (f"at context {insp.context}", _human(per_tok * insp.context))])
+                     (f"at context {insp.context}",
+                      _human(insp.family.cache_bytes(insp.config, insp.dtype, insp.context)))])
     lines += ["", "what a run would do"]
     lines += _table(insp.plan)
     return "\n".join(lines)

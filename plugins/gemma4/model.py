@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from imp_core.cache import KVCache
+from imp_core.cache import KVCache, LayerCaches
 from imp_core.family import CausalLM
 from imp_core.layers.embedding import Embedding, LMHead
 from imp_core.layers.norms import RMSNorm
@@ -25,21 +25,6 @@ from imp_core.plan_types import ModelInfo
 from imp_core.weights import WeightStore
 from imp_gemma4.config import Gemma4Config, Gemma4LayerConfig
 from imp_gemma4.layers import Gemma4DecoderLayer, checked
-
-
-class Gemma4Cache:
-    """Per-layer K/V buffers: a ring per sliding layer, a full-length buffer per global layer."""
-
-    def __init__(self, layers: list[KVCache]) -> None:
-        self.layers = layers
-
-    def reset(self) -> None:
-        for c in self.layers:
-            c.reset()
-
-    @property
-    def nbytes(self) -> int:
-        return sum(c.nbytes for c in self.layers)
 
 
 def cache_capacity(layer: Gemma4LayerConfig, context: int) -> int:
@@ -61,15 +46,15 @@ class Gemma4Model(CausalLM):
                        for t in cfg.layer_types_present()}
         self.attention_backends = ["sdpa"] * cfg.num_hidden_layers
 
-    def new_cache(self, batch: int, context: int) -> Gemma4Cache:
-        return Gemma4Cache([
+    def new_cache(self, batch: int, context: int) -> LayerCaches:
+        return LayerCaches([
             KVCache(batch=batch, num_kv_heads=layer.num_kv_heads, head_dim=layer.head_dim,
                     capacity=cache_capacity(layer, context), dtype=self.dtype, device=self.device,
                     window=layer.sliding_window)
             for layer in self.cfg.layers])
 
     @torch.inference_mode()
-    def forward(self, ids: torch.Tensor, positions: torch.Tensor, cache: Gemma4Cache, *,
+    def forward(self, ids: torch.Tensor, positions: torch.Tensor, cache: LayerCaches, *,
                 last_only: bool = False) -> torch.Tensor:
         x = self.embed(ids)
         tables = {t: rot.cos_sin(positions, x.dtype) for t, rot in self.rotary.items()}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from imp_core.cache import KVCache
+from imp_core.cache import KVCache, LayerCaches
 from imp_core.family import CausalLM
 from imp_core.layers.attention import attend
 from imp_core.layers.embedding import Embedding, LMHead
@@ -15,19 +15,6 @@ from imp_core.layers.rope import Rotary, apply_rotary, default_inv_freq
 from imp_core.plan_types import ModelInfo
 from imp_core.weights import WeightStore
 from imp_mistral.config import MistralConfig
-
-
-class MistralCache:
-    def __init__(self, layers: list[KVCache]) -> None:
-        self.layers = layers
-
-    def reset(self) -> None:
-        for c in self.layers:
-            c.reset()
-
-    @property
-    def nbytes(self) -> int:
-        return sum(c.nbytes for c in self.layers)
 
 
 class MistralLayer:
@@ -73,16 +60,16 @@ class MistralModel(CausalLM):
         self.rotary = Rotary(default_inv_freq(cfg.rope_theta, cfg.head_dim)).to(self.device)
         self.attention_backends = ["sdpa"] * cfg.num_hidden_layers
 
-    def new_cache(self, batch: int, context: int) -> MistralCache:
+    def new_cache(self, batch: int, context: int) -> LayerCaches:
         cfg = self.cfg
         cap = min(context, cfg.sliding_window) if cfg.sliding_window else context
-        return MistralCache([
+        return LayerCaches([
             KVCache(batch=batch, num_kv_heads=cfg.num_key_value_heads, head_dim=cfg.head_dim, capacity=cap,
                     dtype=self.dtype, device=self.device, window=cfg.sliding_window)
             for _ in range(cfg.num_hidden_layers)])
 
     @torch.inference_mode()
-    def forward(self, ids, positions, cache: MistralCache, *, last_only: bool = False):
+    def forward(self, ids, positions, cache: LayerCaches, *, last_only: bool = False):
         x = self.embed(ids)
         cos, sin = self.rotary.cos_sin(positions, x.dtype)
         for layer, c, backend in zip(self.layers, cache.layers, self.attention_backends):

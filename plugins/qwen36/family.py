@@ -74,6 +74,9 @@ class Qwen36Family(Family):
         size = torch.empty(0, dtype=dtype).element_size()
         return 2 * cfg.num_key_value_heads * cfg.head_dim * size * len(cfg.full_layers)
 
+    def cache_bytes(self, cfg: Qwen36Config, dtype: torch.dtype, context: int) -> int:
+        return self.cache_bytes_per_token(cfg, dtype) * context + self.state_bytes_per_sequence(cfg, dtype)
+
     def state_bytes_per_sequence(self, cfg: Qwen36Config, dtype: torch.dtype) -> int:
         """Fixed DeltaNet bytes per sequence: conv state (act dtype) + recurrent state (fp32)."""
         return state_bytes_per_sequence(cfg, dtype)

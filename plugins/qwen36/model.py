@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from imp_core.cache import KVCache
+from imp_core.cache import KVCache, LayerCaches
 from imp_core.family import CausalLM
 from imp_core.layers.embedding import Embedding, LMHead
 from imp_core.layers.rope import Rotary, default_inv_freq
@@ -23,22 +23,6 @@ from imp_qwen36.config import FULL, Qwen36Config
 from imp_qwen36.deltanet import DeltaNetState, GatedDeltaNet
 from imp_qwen36.loading import get
 from imp_qwen36.moe import build_mlp
-
-
-class Qwen36Cache:
-    """Per layer: a ``KVCache`` (full attention) or a ``DeltaNetState`` (Gated DeltaNet), all
-    preallocated; reset forgets the KV positions and zeroes the DeltaNet states."""
-
-    def __init__(self, layers: list[KVCache | DeltaNetState]) -> None:
-        self.layers = layers
-
-    def reset(self) -> None:
-        for c in self.layers:
-            c.reset()
-
-    @property
-    def nbytes(self) -> int:
-        return sum(c.nbytes for c in self.layers)
 
 
 class Qwen36Layer:
@@ -86,7 +70,7 @@ class Qwen36Model(CausalLM):
         for layer, backend in zip(full, backends):
             layer.backend = backend
 
-    def new_cache(self, batch: int, context: int) -> Qwen36Cache:
+    def new_cache(self, batch: int, context: int) -> LayerCaches:
         cfg = self.cfg
         layers: list[KVCache | DeltaNetState] = []
         for kind in cfg.layer_types:
@@ -95,10 +79,10 @@ class Qwen36Model(CausalLM):
                                       capacity=context, dtype=self.dtype, device=self.device))
             else:
                 layers.append(DeltaNetState(cfg, batch, dtype=self.dtype, device=self.device))
-        return Qwen36Cache(layers)
+        return LayerCaches(layers)
 
     @torch.inference_mode()
-    def forward(self, ids: torch.Tensor, positions: torch.Tensor, cache: Qwen36Cache, *,
+    def forward(self, ids: torch.Tensor, positions: torch.Tensor, cache: LayerCaches, *,
                 last_only: bool = False) -> torch.Tensor:
         """ids [B, T] at positions [T] -> logits [B, T or 1, V] fp32.
 
