@@ -175,3 +175,14 @@ def test_unsupported_compressed_tensors_scheme(tmp_path):
 
 def test_every_refusal_is_an_imp_error():
     assert issubclass(QuantError, ImpError)
+
+
+@pytest.mark.parametrize("fmt", ["modelopt-nvfp4", "modelopt-mixed"])
+def test_modelopt_config_json_alone_gives_the_same_plan(tmp_path, fmt):
+    """ModelOpt's converted quantization_config (convert_hf_quant_config_format) without hf_quant_config.json."""
+    path = _mutated(tmp_path, fmt)
+    (path / "hf_quant_config.json").unlink()
+    a = detect_quant(open_checkpoint(cached_fixture(fmt).path))
+    b = detect_quant(open_checkpoint(path))
+    assert {k: (v.format, v.granularity, v.convention) for k, v in a.tensors.items()} == \
+        {k: (v.format, v.granularity, v.convention) for k, v in b.tensors.items()}
