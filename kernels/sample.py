@@ -38,7 +38,7 @@ from imp_core.sampling import SamplingParams, uniform_noise
 from imp_kernels import ptx
 from imp_kernels.compat import SIMULATOR, cuda
 from imp_kernels.launch import device_jit, jit, launch
-from imp_kernels.ops_common import NEG_INF, check, ld_bf16, want
+from imp_kernels.ops_common import NEG_INF, check, ld_bf16, u32, want
 from imp_kernels.topk_select import f32_key, key_f32, radix_select, selected
 
 __all__ = ["sample", "sample_ref", "sample_plan", "SamplePlan", "supported", "KMAX", "CHUNK"]
@@ -338,7 +338,7 @@ def sample(logits: torch.Tensor, row_keys: torch.Tensor, step: torch.Tensor, tok
     t32 = np.float32(p.temperature if p.temperature > 0 else 1.0)
     inv_t = np.float32(1.0) / t32
     temp_mul = int(logits.is_cuda)
-    keys = plan.cand_key.view(torch.uint32).reshape(-1)
+    keys = u32(plan.cand_key)
     ids = plan.cand_id.reshape(-1)
     rk = row_keys.reshape(-1)
     stp = step.reshape(1)
