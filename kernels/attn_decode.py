@@ -8,7 +8,8 @@ query head h reads kv head h // (H/Hkv), group sizes 1..8; D a multiple of 64 (1
 ``gate`` [B, H*D] bf16 applies Qwen's output gate ``out = bf16(out · bf16(sigmoid(gate)))``.
 
 Kernel 1 (grid splits x Hkv x B; D/64 warps): a block owns one kv head and a range of 16-key
-tiles of the live slots (``S`` for a ring, ``min(S, pos+1)`` otherwise, read on the device);
+tiles of the live slots (``S`` for a ring, ``min(S, pos+1)`` otherwise, from ``pos - W + 1`` with a
+window W over a non-ring cache; ``pos`` read on the device);
 warp w owns dims [64w, 64w+64). Per tile: scores ``S = Q·Kᵀ`` with ``mma m16n8k16`` (A = the
 group's <= 8 query heads as rows, B = 8 keys), partial over the warp's dims, summed across warps
 through shared memory; online softmax in fp32 per head; then ``Oᵀ += Vᵀ·Pᵀ`` with A = V
@@ -93,10 +94,12 @@ def _attn_partial_kernel(q32, k32, v32, slot_pos, pos_arr, n_heads, n_kv, cap, d
     b = cuda.blockIdx.z
     pos = pos_arr[0]
     n_act = cap if ring else min(cap, pos + 1)
-    tiles = (n_act + 15) >> 4
+    # a window over a non-ring cache (slot = position): slots before pos - W + 1 are all masked
+    first = max(0, pos + 1 - window) >> 4 if window > 0 and not ring else 0
+    tiles = ((n_act + 15) >> 4) - first
     per = (tiles + nsplit - 1) // nsplit
-    t0 = split * per
-    t1 = min(t0 + per, tiles)
+    t0 = first + split * per
+    t1 = min(t0 + per, first + tiles)
     dw = d >> 1  # words per row
     z = np.uint32(0)
     # Q fragments: head g of the group, dims 64w + 16t .. +16 (two 16-byte loads)

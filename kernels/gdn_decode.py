@@ -19,7 +19,7 @@ the conv). The conv of the head's q/k channels is recomputed by each of the bloc
 them; the last of them to finish (an atomic ticket per key head) shifts their conv state, and the
 last of a value head's column blocks (a ticket per value head) applies the gated norm over all dv
 columns. Tickets reset themselves, so the workspace (``gdn_decode_workspace``) is reused every
-step and the launch is graph-capturable. Constraints: dk = 128, dv a multiple of 32.
+step and the launch is graph-capturable. Constraints: dk = 128, dv a multiple of 32 up to 256.
 """
 
 from __future__ import annotations
@@ -102,6 +102,12 @@ def _gdn_step_kernel(mixed, conv_state, conv_w, kc, kconv, a_in, b_in, a_log, dt
     w1 = ptx.ld_v4(state32, sbase + (rg + 32) * dv)
     w2 = ptx.ld_v4(state32, sbase + (rg + 64) * dv)
     w3 = ptx.ld_v4(state32, sbase + (rg + 96) * dv)
+    # z and the norm weight of column t, used only if this block turns out to be the head's last
+    zz = np.float32(0.0)
+    nw = np.float32(0.0)
+    if t < dv:
+        zz = ld_bf16(z, (b * n_vh + j) * dv + t)
+        nw = ld_bf16(norm_w, t)
     # 2. conv + silu of this key head's q (threads 0..127) and k (128..255) channels, l2 norm
     ch = hk * DK + t if t < DK else key_dim + hk * DK + (t - DK)
     y, _ = _conv_silu(mixed, conv_state, conv_w, b, conv_dim, ch, kc, kconv)
@@ -134,14 +140,7 @@ def _gdn_step_kernel(mixed, conv_state, conv_w, kc, kconv, a_in, b_in, a_log, dt
         qs[t] = yn * q_scale
     else:
         ks[t - DK] = yn
-    if t == 0:
-        old = cuda.atomic.add(counters, b * n_kh + hk, 1)
-        flag[0] = 1 if old == rep * nsl - 1 else 0
     cuda.syncthreads()
-    if flag[0] == 1:  # every reader of this key head's q/k conv state is done: shift it
-        _shift_state(mixed, conv_state, b, conv_dim, ch, kc)
-        if t == 0:
-            counters[b * n_kh + hk] = 0
     # 3. the gated delta rule on the block's 128 x 32 tile
     beta = scal[0]
     decay = scal[1]
@@ -201,23 +200,28 @@ def _gdn_step_kernel(mixed, conv_state, conv_w, kc, kconv, a_in, b_in, a_log, dt
             ss_part[(b * n_vh + j) * nsl + sl] = sq
         cuda.threadfence()
     cuda.syncthreads()
+    # 5. tickets, taken together at the end so their round trips overlap: the last reader of this
+    # key head's q/k conv columns shifts them; the last column block of this value head norms
     if t == 0:
-        old = cuda.atomic.add(counters, n_b * n_kh + b * n_vh + j, 1)
-        flag[1] = 1 if old == nsl - 1 else 0
+        old_k = cuda.atomic.add(counters, b * n_kh + hk, 1)
+        old_v = cuda.atomic.add(counters, n_b * n_kh + b * n_vh + j, 1)
+        flag[0] = 1 if old_k == rep * nsl - 1 else 0
+        flag[1] = 1 if old_v == nsl - 1 else 0
     cuda.syncthreads()
-    if flag[1] == 1:  # last column block of this value head: gated RMSNorm over all dv columns
-        cc = t
-        while cc < dv:
-            tot = np.float32(0.0)
-            for q in range(nsl):
-                tot += ss_part[(b * n_vh + j) * nsl + q]
-            rstd = np.float32(1.0) / np.float32(math.sqrt(tot / np.float32(dv) + eps))
-            i = (b * n_vh + j) * dv + cc
+    if flag[0] == 1:
+        _shift_state(mixed, conv_state, b, conv_dim, ch, kc)
+        if t == 0:
+            counters[b * n_kh + hk] = 0
+    if flag[1] == 1:  # gated RMSNorm over all dv columns of the head (z and w were loaded early)
+        tot = np.float32(0.0)
+        for q in range(nsl):
+            tot += ss_part[(b * n_vh + j) * nsl + q]
+        rstd = np.float32(1.0) / np.float32(math.sqrt(tot / np.float32(dv) + eps))
+        if t < dv:
+            i = (b * n_vh + j) * dv + t
             n = bf16_round(o_part[i] * rstd)
-            n = bf16_round(ld_bf16(norm_w, cc) * n)
-            zz = ld_bf16(z, i)
+            n = bf16_round(nw * n)
             st_bf16(out, i, n * (zz / (np.float32(1.0) + np.float32(math.exp(-zz)))))
-            cc += cuda.blockDim.x
         if t == 0:
             counters[n_b * n_kh + b * n_vh + j] = 0
 
@@ -243,7 +247,8 @@ def _check(mixed, conv_state, conv_w, a, b, a_log, dt_bias, z, norm_w, state, ou
     check(state.dim() == 4 and state.dtype == torch.float32 and state.is_contiguous(),
           f"{kn}: state must be contiguous float32 [B, Hv, dk, dv], got {state.dtype} {list(state.shape)}")
     bsz, hv, dk, dv = state.shape
-    check(dk == DK and dv % 32 == 0, f"{kn}: needs dk = {DK} and dv a multiple of 32, got dk={dk} dv={dv}")
+    check(dk == DK and dv % 32 == 0 and dv <= 256,
+          f"{kn}: needs dk = {DK} and dv a multiple of 32 up to 256, got dk={dk} dv={dv}")
     check(n_k_heads >= 1 and hv % n_k_heads == 0, f"{kn}: Hv={hv} must be a multiple of n_k_heads={n_k_heads}")
     c = 2 * n_k_heads * dk + hv * dv
     want(mixed, "mixed", kn, torch.bfloat16, (bsz, c))

@@ -30,8 +30,9 @@ def _clone(d):
 
 
 @pytest.mark.parametrize("bsz,hk,hv,dv,kc,steps", [
-    (1, 1, 2, 64, 3, 2),  # two column blocks per value head (norm merged by the last), two steps
-    (2, 1, 2, 32, 4, 1),  # batch 2, transformers' 4-column conv state
+    (1, 1, 1, 64, 3, 2),  # two column blocks per value head (norm merged by the last), two steps
+    (1, 1, 2, 32, 3, 1),  # two value heads per key head (repeat_interleave)
+    (2, 1, 1, 32, 4, 1),  # batch 2, transformers' 4-column conv state
 ])
 def test_gdn_decode_matches_references(bsz, hk, hv, dv, kc, steps):
     inp = _inputs(bsz, hk, hv, dv, 4, kc, seed=bsz * 10 + hv + kc)
