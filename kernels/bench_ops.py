@@ -84,34 +84,40 @@ def main(argv: list[str] | None = None) -> int:
     for case in all_cases(device, a.tiny):
         if only and case.kernel not in only:
             continue
-        n_sets = 2 if a.tiny else bu.sets_needed(case.nbytes)
-        sets = [(case.build(1000 + s),) for s in range(n_sets)]
-        t_k = timed(lambda kw, c=case: c.fn(**kw), sets)
-        torch_fn = case.torch_fn or case.ref
-        t_t = timed(lambda kw, f=torch_fn: f(**kw), sets)
-        note = f"{n_sets} input sets"
-        if case.kernel == "gdn_decode":
-            sb = case.extra["state_bytes_rw"]
-            frac = sb / (t_k * 1e-6) / 1e9 / copy_gbps
-            note += f"; state read+write alone: {100 * frac:.0f}% of copy bw (target >= 50%)"
-        if "splits" in case.extra:
-            note += f"; splits {case.extra['splits']}"
-        rows.append(bu.Row(case.kernel, case.shape, case.m, t_k, case.nbytes, t_t, case.torch_what, note)
-                    .finish(copy_gbps))
-        r = rows[-1]
-        print(f"{case.kernel:12s} {case.shape:58s} {r.time_us:9.1f} us {r.gbps:7.0f} GB/s "
-              f"{100 * r.frac_copy:4.0f}%  torch {t_t:9.1f} us", flush=True)
-        if case.kernel == "attn_decode" and case.extra["ctx"] in ((160,) if a.tiny else (4096, 32768)) and (
-                "qwen" in case.shape or "mistral" in case.shape):
-            ex = case.extra
-            base = ex["splits"]
-            for sp in sorted({max(1, base // 2), base * 2}):
-                plan = attn_decode_plan(1, ex["hkv"], ex["d"], ex["cap"], device, splits=sp)
-                kwargs = dict(ex["kwargs"], plan=plan)
-                t_s = timed(lambda kw, kwargs=kwargs: attn_decode(**kw, **kwargs), sets)
-                rows.append(bu.Row(case.kernel, case.shape, 1, t_s, case.nbytes, None, "",
-                                   f"split sweep: splits {sp} (default {base})").finish(copy_gbps))
-                print(f"{'':12s} {'  splits ' + str(sp):58s} {t_s:9.1f} us", flush=True)
+        try:
+            n_sets = 2 if a.tiny else bu.sets_needed(case.nbytes)
+            sets = [(case.build(1000 + s),) for s in range(n_sets)]
+            t_k = timed(lambda kw, c=case: c.fn(**kw), sets)
+            torch_fn = case.torch_fn or case.ref
+            t_t = timed(lambda kw, f=torch_fn: f(**kw), sets)
+            note = f"{n_sets} input sets"
+            if case.kernel == "gdn_decode":
+                sb = case.extra["state_bytes_rw"]
+                frac = sb / (t_k * 1e-6) / 1e9 / copy_gbps
+                note += f"; state read+write alone: {100 * frac:.0f}% of copy bw (target >= 50%)"
+            if "splits" in case.extra:
+                note += f"; splits {case.extra['splits']}"
+            rows.append(bu.Row(case.kernel, case.shape, case.m, t_k, case.nbytes, t_t, case.torch_what, note)
+                        .finish(copy_gbps))
+            r = rows[-1]
+            print(f"{case.kernel:12s} {case.shape:58s} {r.time_us:9.1f} us {r.gbps:7.0f} GB/s "
+                  f"{100 * r.frac_copy:4.0f}%  torch {t_t:9.1f} us", flush=True)
+            if case.kernel == "attn_decode" and case.extra["ctx"] in ((160,) if a.tiny else (4096, 32768)) and (
+                    "qwen" in case.shape or "mistral" in case.shape):
+                ex = case.extra
+                base = ex["splits"]
+                for sp in sorted({max(1, base // 2), base * 2}):
+                    plan = attn_decode_plan(1, ex["hkv"], ex["d"], ex["cap"], device, splits=sp)
+                    kwargs = dict(ex["kwargs"], plan=plan)
+                    t_s = timed(lambda kw, kwargs=kwargs: attn_decode(**kw, **kwargs), sets)
+                    rows.append(bu.Row(case.kernel, case.shape, 1, t_s, case.nbytes, None, "",
+                                       f"split sweep: splits {sp} (default {base})").finish(copy_gbps))
+                    print(f"{'':12s} {'  splits ' + str(sp):58s} {t_s:9.1f} us", flush=True)
+        except Exception as e:  # one broken case must not hide the others' numbers
+            msg = f"ERROR {type(e).__name__}: {str(e).splitlines()[0][:150] if str(e) else ''}"
+            print(f"{case.kernel:12s} {case.shape:58s} {msg}", flush=True)
+            rows.append(bu.Row(case.kernel, case.shape, case.m, 0.0, case.nbytes, None, case.torch_what, msg))
+            sets = None
         del sets
         if not a.tiny:
             torch.cuda.empty_cache()

@@ -36,7 +36,7 @@ from imp_kernels.compat import cuda
 from imp_kernels.launch import device_jit, jit, launch
 from imp_kernels.ops_common import bf16_round, check, ld_bf16, st_bf16, st_v4, u32, want
 
-__all__ = ["gdn_decode", "gdn_decode_ref", "gdn_decode_workspace", "GdnWorkspace", "DK", "L2_EPS"]
+__all__ = ["gdn_decode", "gdn_decode_ref", "gdn_decode_imp_core", "gdn_decode_workspace", "GdnWorkspace", "DK", "L2_EPS"]
 
 DK = 128
 L2_EPS = 1e-6
@@ -316,6 +316,28 @@ def gdn_decode_ref(mixed, conv_state, conv_w, a, b, a_log, dt_bias, z, norm_w, s
     n = (ob * torch.rsqrt(ob.pow(2).mean(-1, keepdim=True) + eps)).bfloat16()
     n = norm_w * n
     out.copy_((n * F.silu(z.view(bsz, hv, dv).float())).bfloat16().view(bsz, hv * dv))
+
+
+def gdn_decode_imp_core(mixed, conv_state, conv_w, a, b, a_log, dt_bias, z, norm_w, state, out, *, eps, n_k_heads,
+                        workspace=None) -> None:
+    """The same step through ``imp_core.layers`` (causal_conv1d, recurrent_gated_delta_rule,
+    gated_rms_norm), as the Qwen plugin's decode path runs it; same arguments as ``gdn_decode``.
+    Needs a K-1 column conv state (imp_core's layout)."""
+    from imp_core.layers.causal_conv import causal_conv1d
+    from imp_core.layers.gated_delta import gated_rms_norm, recurrent_gated_delta_rule
+
+    bsz, hv, dv, kconv = _check(mixed, conv_state, conv_w, a, b, a_log, dt_bias, z, norm_w, state, out,
+                                n_k_heads, workspace)
+    check(conv_state.shape[2] == kconv - 1, "gdn_decode_imp_core: imp_core keeps K-1 conv columns")
+    kd = n_k_heads * DK
+    y = causal_conv1d(mixed[:, :, None], conv_w, conv_state, activation=F.silu)[:, :, 0]
+    q = y[:, :kd].reshape(bsz, 1, n_k_heads, DK)
+    k = y[:, kd:2 * kd].reshape(bsz, 1, n_k_heads, DK)
+    v = y[:, 2 * kd:].reshape(bsz, 1, hv, dv)
+    g = -a_log.exp() * F.softplus(a.float() + dt_bias)
+    o, st = recurrent_gated_delta_rule(q, k, v, g[:, None], b.sigmoid()[:, None], state)
+    state.copy_(st)
+    out.copy_(gated_rms_norm(o, z.view(bsz, 1, hv, dv), norm_w, eps).reshape(bsz, hv * dv))
 
 
 def kernel_sigs(T) -> dict:

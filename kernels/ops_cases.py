@@ -261,10 +261,13 @@ def _gdn_cases(device, tiny) -> list[Case]:
     state_bytes = hv * gd.DK * dv * 4
     nb = 2 * state_bytes + 2 * c * kc * 2 + c * kconv * 2 + c * 2 + 2 * hv * dv * 2
     kwargs = dict(eps=1e-6, n_k_heads=hk, workspace=ws)
-    return [Case("gdn_decode", f"qwen3.6 Hk{hk}/Hv{hv} dk{gd.DK} dv{dv} conv{kconv}", build,
-                 lambda **kw: gd.gdn_decode(**kw, **kwargs), lambda **kw: gd.gdn_decode_ref(**kw, **kwargs), compare,
-                 nb, ("out",), torch_what="module's torch reference step",
-                 extra={"state_bytes_rw": 2 * state_bytes})]
+    shape = f"qwen3.6 Hk{hk}/Hv{hv} dk{gd.DK} dv{dv} conv{kconv}"
+    return [Case("gdn_decode", shape, build, lambda **kw: gd.gdn_decode(**kw, **kwargs),
+                 lambda **kw: gd.gdn_decode_ref(**kw, **kwargs), compare, nb, ("out",),
+                 torch_what="module's torch reference step", extra={"state_bytes_rw": 2 * state_bytes}),
+            Case("gdn_decode", shape + " vs imp_core recurrent", build, lambda **kw: gd.gdn_decode(**kw, **kwargs),
+                 lambda **kw: gd.gdn_decode_imp_core(**kw, **kwargs), compare, nb, ("out",),
+                 torch_what="imp_core conv + recurrent rule + gated norm", extra={"state_bytes_rw": 2 * state_bytes})]
 
 
 # ------------------------------------------------------------------------------- routers

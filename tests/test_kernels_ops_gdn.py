@@ -5,9 +5,8 @@ from kernels_sim import rel_err, sim_skip  # noqa: I001  (must precede imp_kerne
 
 import pytest
 import torch
-import torch.nn.functional as F
 
-from imp_kernels.gdn_decode import DK, gdn_decode, gdn_decode_ref, gdn_decode_workspace
+from imp_kernels.gdn_decode import DK, gdn_decode, gdn_decode_imp_core, gdn_decode_ref, gdn_decode_workspace
 from imp_kernels.ops_common import KernelArgError
 
 pytestmark = sim_skip
@@ -46,6 +45,11 @@ def test_gdn_decode_matches_references(bsz, hk, hv, dv, kc, steps):
     assert rel_err(got["state"], ref["state"]) < 1e-4
     assert rel_err(got["out"], ref["out"]) < 1e-2
     assert torch.equal(ws.counters, torch.zeros_like(ws.counters))  # tickets reset for the next step
+    if kc == 3:  # imp_core's own decode path (K-1 conv columns) gives the same step
+        core = _clone(inp)
+        gdn_decode_imp_core(**core, eps=1e-6, n_k_heads=hk)
+        assert rel_err(got["state"], core["state"]) < 1e-4
+        assert rel_err(got["out"], core["out"]) < 1e-2
 
     if steps == 1:
         return
@@ -62,26 +66,13 @@ def test_gdn_decode_matches_references(bsz, hk, hv, dv, kc, steps):
 
 def test_gdn_reference_matches_imp_core():
     """The module's reference agrees with imp_core.layers (the Qwen plugin's decode path)."""
-    from imp_core.layers.causal_conv import causal_conv1d
-    from imp_core.layers.gated_delta import gated_rms_norm, recurrent_gated_delta_rule
-
-    bsz, hk, hv, dv = 1, 2, 4, 64
-    inp = _inputs(bsz, hk, hv, dv, 4, 3, seed=7)
-    ref = _clone(inp)
-    gdn_decode_ref(**ref, eps=1e-6, n_k_heads=hk)
-    kd = hk * DK
-    cs = inp["conv_state"].clone()
-    y = causal_conv1d(inp["mixed"][:, :, None], inp["conv_w"], cs, activation=F.silu)[:, :, 0]
-    q = y[:, :kd].view(bsz, 1, hk, DK)
-    k = y[:, kd:2 * kd].view(bsz, 1, hk, DK)
-    v = y[:, 2 * kd:].view(bsz, 1, hv, dv)
-    beta = inp["b"].sigmoid()[:, None]
-    g = -inp["a_log"].exp() * F.softplus(inp["a"].float() + inp["dt_bias"])
-    o, st = recurrent_gated_delta_rule(q, k, v, g[:, None], beta, inp["state"].clone())
-    out = gated_rms_norm(o, inp["z"].view(bsz, 1, hv, dv), inp["norm_w"], 1e-6).reshape(bsz, hv * dv)
-    assert torch.equal(cs, ref["conv_state"])
-    assert rel_err(ref["state"], st) < 1e-5
-    assert rel_err(ref["out"], out) < 1e-2
+    inp = _inputs(1, 2, 4, 64, 4, 3, seed=7)
+    ref, core = _clone(inp), _clone(inp)
+    gdn_decode_ref(**ref, eps=1e-6, n_k_heads=2)
+    gdn_decode_imp_core(**core, eps=1e-6, n_k_heads=2)
+    assert torch.equal(core["conv_state"], ref["conv_state"])
+    assert rel_err(ref["state"], core["state"]) < 1e-5
+    assert rel_err(ref["out"], core["out"]) < 1e-2
 
 
 def test_gdn_bad_args():
