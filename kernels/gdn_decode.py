@@ -36,7 +36,8 @@ from imp_kernels.compat import cuda
 from imp_kernels.launch import device_jit, jit, launch
 from imp_kernels.ops_common import bf16_round, check, ld_bf16, st_bf16, st_v4, u32, want
 
-__all__ = ["gdn_decode", "gdn_decode_ref", "gdn_decode_imp_core", "gdn_decode_workspace", "GdnWorkspace", "DK", "L2_EPS"]
+__all__ = ["gdn_decode", "gdn_decode_ref", "gdn_decode_imp_core", "gdn_decode_workspace", "GdnWorkspace", "DK",
+           "L2_EPS"]
 
 DK = 128
 L2_EPS = 1e-6

@@ -218,7 +218,8 @@ def _attn_cases(device, tiny) -> list[Case]:
                 if a["gate"] is not None:
                     o32 = o32 * torch.sigmoid(a["gate"].float().view(o32.shape))
                 e_k, e_r = rel_err(a["out"], o32), rel_err(b["out"], o32)
-                return e_k < 1e-2, f"rel err {e_k:.1e} vs fp32 attention (eager bf16 reference: {e_r:.1e}), splits {plan.splits}"
+                return e_k < 1e-2, (f"rel err {e_k:.1e} vs fp32 attention (eager bf16 reference: {e_r:.1e}), "
+                                    f"splits {plan.splits}")
 
             kwargs = dict(scale=scale, window=window, ring=ring, plan=plan)
             live = cap
@@ -294,7 +295,8 @@ def _router_cases(device, tiny) -> list[Case]:
             wa, wb = a["weights"].double().sort(-1).values, b["weights"].double().sort(-1).values
             tol = 1e-5 if a["weights"].dtype == torch.float32 else 8e-3
             close = bool(torch.allclose(wa, wb, rtol=tol, atol=0))
-            return same and close, f"ids {'equal' if same else 'DIFFER'}, weights max rel {float(((wa - wb).abs() / wb.abs()).max()):.1e}"
+            worst = float(((wa - wb).abs() / wb.abs()).max())
+            return same and close, f"ids {'equal' if same else 'DIFFER'}, weights max rel {worst:.1e}"
 
         kwargs = dict(top_k=k, workspace=ws)
         out.append(Case("router", name, build, lambda kwargs=kwargs, **kw: rt.route(**kw, **kwargs),

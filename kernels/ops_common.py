@@ -53,25 +53,25 @@ def want(t: torch.Tensor | None, name: str, kernel: str, dtype: torch.dtype, sha
           f"{'' if t.is_contiguous() else ' (not contiguous)'}")
 
 
-_CUDA_WORD: list = []
-
-
 def _cuda_word_dtype() -> torch.dtype:
-    """uint32 if this torch exports it through ``__cuda_array_interface__``, else int32 (the
-    kernels accept either: words are loaded and stored as bits)."""
-    if not _CUDA_WORD:
-        try:
-            torch.empty(0, dtype=torch.uint32, device="cuda").__cuda_array_interface__  # noqa: B018
-            _CUDA_WORD.append(torch.uint32)
-        except Exception:
-            _CUDA_WORD.append(torch.int32)
-    return _CUDA_WORD[0]
+    """uint32 if this torch exports it through ``__cuda_array_interface__`` (its typestr table
+    has it), else int32; the kernels accept either, since words are loaded and stored as bits."""
+    try:
+        from torch._tensor import _dtype_to_typestr
+
+        _dtype_to_typestr(torch.uint32)
+        return torch.uint32
+    except Exception:
+        return torch.int32
+
+
+_CUDA_WORD = _cuda_word_dtype()
 
 
 def u32(t: torch.Tensor) -> torch.Tensor:
     """Flat 32-bit word view of a contiguous tensor (bf16 pairs become one word): uint32, or
     int32 on a torch whose CUDA array interface lacks uint32."""
-    return t.reshape(-1).view(_cuda_word_dtype() if t.is_cuda else torch.uint32)
+    return t.reshape(-1).view(_CUDA_WORD if t.is_cuda else torch.uint32)
 
 
 @device_jit(inline="always")

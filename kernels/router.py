@@ -209,7 +209,8 @@ def _check(x, weight, ids, weights, top_k, workspace, norm_scale, per_expert_sca
     check(x.dim() == 2 and x.dtype == torch.bfloat16 and x.is_contiguous(),
           f"{kn}: x must be contiguous bf16 [M, H], got {x.dtype} {list(x.shape)}")
     m, h = x.shape
-    check(1 <= m <= MAX_M and h % 8 == 0, f"{kn}: x must have 1..{MAX_M} rows and H a multiple of 8, got {list(x.shape)}")
+    check(1 <= m <= MAX_M and h % 8 == 0,
+          f"{kn}: x must have 1..{MAX_M} rows and H a multiple of 8, got {list(x.shape)}")
     check(weight.dim() == 2 and weight.shape[1] == h and 1 <= weight.shape[0] <= MAX_E,
           f"{kn}: weight must be bf16 [E<={MAX_E}, {h}], got {list(weight.shape)}")
     e = weight.shape[0]

@@ -72,4 +72,5 @@ def test_attn_splits_and_bad_args():
         attn_decode(torch.randn(1, 9, 64).bfloat16(), k, v, sp, torch.tensor([5]), torch.empty(1, 9, 64).bfloat16(),
                     scale=1.0)
     with pytest.raises(KernelArgError):
-        attn_decode(q, k, v, sp, torch.tensor([5]), out, scale=1.0, plan=attn_decode_plan(1, 2, 64, 16, "cpu", splits=2))
+        attn_decode(q, k, v, sp, torch.tensor([5]), out, scale=1.0,
+                    plan=attn_decode_plan(1, 2, 64, 16, "cpu", splits=2))  # workspace for 2 kv heads

@@ -77,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
 
     n_fail = sum(1 for r in rows if not r[2])
     print()
-    print(f"| kernel | shape | result | detail | s |  (device: {torch.cuda.get_device_name() if device == 'cuda' else 'simulator'})")
+    dev_name = torch.cuda.get_device_name() if device == "cuda" else "simulator"
+    print(f"| kernel | shape | result | detail | s |  (device: {dev_name})")
     print("|---|---|---|---|---|")
     for k, s, ok, d, dt in rows:
         print(f"| {k} | {s} | {'pass' if ok else 'FAIL'} | {d} | {dt:.1f} |")
