@@ -1,7 +1,8 @@
 """imp_gemma4: the Gemma-4 family (gemma-4-26B-A4B: sliding + global attention, dense MLP beside MoE).
 
 Hook implementations only; the model is imported lazily through the registered builder, and
-the policy answers are pure functions in ``imp_gemma4.policy``.
+the policy answers are pure functions in ``imp_gemma4.policy``. GGUF files of llama.cpp's
+``gemma4`` architecture load through the family's name table and metadata reader (names.py, gguf.py).
 """
 
 from imp_core.hookspecs import hookimpl
@@ -14,6 +15,7 @@ def imp_register_architectures(register):
         builder="imp_gemma4.family:Gemma4Family",
         hf_architectures=["Gemma4ForConditionalGeneration", "Gemma4ForCausalLM"],
         model_types=["gemma4", "gemma4_text"],
+        gguf_architectures=["gemma4"],
     )
 
 

@@ -235,7 +235,10 @@ def load_config(checkpoint: Checkpoint) -> Gemma4Config:
     # transformers ties lm_head to the embedding by the top-level config's flag (default true)
     data["tie_word_embeddings"] = checkpoint.config.get("tie_word_embeddings",
                                                         data.get("tie_word_embeddings", True))
-    where = f"{checkpoint.path}/config.json" + (" (text_config)" if "text_config" in checkpoint.config else "")
+    if checkpoint.format == "gguf":
+        where = f"{checkpoint.path} (GGUF metadata)"
+    else:
+        where = f"{checkpoint.path}/config.json" + (" (text_config)" if "text_config" in checkpoint.config else "")
     try:
         return parse_config(Gemma4Config, data, where)
     except CheckpointError as exc:

@@ -58,6 +58,28 @@ class Gemma4Family(Family):
         # a tied checkpoint that still stores lm_head.weight: transformers ties it away, so do we
         return lambda name: None if name == "lm_head.weight" else name
 
+    # -- GGUF (gemma4; imp_core.checkpoint.gguf_names) ---------------------------------------
+    def gguf_names(self):
+        from imp_gemma4.names import GGUF_NAMES
+
+        return GGUF_NAMES
+
+    def config_from_gguf(self, metadata: dict, tensors: dict, *, where: str) -> dict:
+        from imp_gemma4.gguf import config_from_gguf
+
+        return config_from_gguf(metadata, tensors, where=where)
+
+    def gguf_transforms(self, cfg: Gemma4Config, metadata: dict) -> dict:
+        return {}  # Gemma-4 files change names only (no norm shift, no Q/K permutation)
+
+    def tokenizer(self, cfg: Gemma4Config, checkpoint: Checkpoint):
+        """The ``gemma4`` GGUF vocabulary (BPE with the file's merges); None: the core's tokenizer."""
+        if checkpoint.format != "gguf" or checkpoint.metadata.get("tokenizer.ggml.model") != "gemma4":
+            return None
+        from imp_gemma4.gguf import gemma4_tokenizer
+
+        return gemma4_tokenizer(checkpoint.metadata, source=str(checkpoint.path))
+
     def max_context(self, cfg: Gemma4Config) -> int:
         return cfg.max_position_embeddings
 

@@ -8,13 +8,10 @@ the MoE read the same post-attention residual; the router reads it un-normed.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 
 from imp_core.cache import KVCache
-from imp_core.errors import CheckpointError
 from imp_core.layers.attention import attend
 from imp_core.layers.linear import Linear, dense_weight
 from imp_core.layers.mlp import GatedMLP
@@ -23,15 +20,7 @@ from imp_core.layers.norms import RMSNorm, rms_norm
 from imp_core.layers.rope import apply_rotary
 from imp_core.weights import WeightStore
 from imp_gemma4.config import Gemma4Config, Gemma4LayerConfig
-
-
-def checked(w: WeightStore, name: str, shape: tuple[int, ...]) -> Any:
-    """The tensor ``name``, refusing a shape other than the one config.json implies."""
-    t = w.get(name)
-    if tuple(t.shape) != tuple(shape):
-        raise CheckpointError(f"tensor '{name}' has shape {list(t.shape)}, but config.json implies "
-                              f"{list(shape)}")
-    return t
+from imp_gemma4.loading import checked, load_experts, per_expert_scale
 
 
 class Gemma4Attention:
@@ -71,7 +60,7 @@ class Gemma4Router:
         p = prefix + "router."
         self.proj = checked(w, p + "proj.weight", (cfg.num_experts, cfg.hidden_size))
         self.scale = checked(w, p + "scale", (cfg.hidden_size,))
-        self.per_expert_scale = checked(w, p + "per_expert_scale", (cfg.num_experts,))
+        self.per_expert_scale = per_expert_scale(w, prefix, cfg.num_experts)
         self.root = cfg.hidden_size ** -0.5
         self.k, self.eps = cfg.top_k_experts, cfg.rms_norm_eps
 
@@ -109,8 +98,7 @@ class Gemma4DecoderLayer:
             self.pre_ff_norm_2 = norm("pre_feedforward_layernorm_2")
             self.post_ff_norm_2 = norm("post_feedforward_layernorm_2")
             self.router = Gemma4Router(cfg, w, p)
-            self.experts = Experts(checked(w, p + "experts.gate_up_proj", (e, 2 * mi, hid)),
-                                   checked(w, p + "experts.down_proj", (e, hid, mi)), cfg.hidden_activation)
+            self.experts = Experts(*load_experts(w, p, e, hid, mi), cfg.hidden_activation)
         self.layer_scalar = checked(w, p + "layer_scalar", (1,))
 
     def feed_forward(self, r: torch.Tensor) -> torch.Tensor:

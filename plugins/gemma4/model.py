@@ -24,7 +24,9 @@ from imp_core.layers.rope import Rotary
 from imp_core.plan_types import ModelInfo
 from imp_core.weights import WeightStore
 from imp_gemma4.config import Gemma4Config, Gemma4LayerConfig
+from imp_gemma4.gguf import check_rope_freqs
 from imp_gemma4.layers import Gemma4DecoderLayer, checked
+from imp_gemma4.names import ROPE_FREQS
 
 
 def cache_capacity(layer: Gemma4LayerConfig, context: int) -> int:
@@ -42,6 +44,8 @@ class Gemma4Model(CausalLM):
         self.norm = RMSNorm(checked(w, "model.norm.weight", (hid,)), cfg.rms_norm_eps)
         head = self.embed.weight if cfg.tie_word_embeddings else checked(w, "lm_head.weight", (cfg.vocab_size, hid))
         self.lm_head = LMHead(head, softcap=cfg.final_logit_softcapping)
+        if ROPE_FREQS in w:  # GGUF: the converter's generated frequency factors, a check only
+            check_rope_freqs(w.get(ROPE_FREQS, dtype=torch.float32), cfg, str(w.checkpoint.path))
         self.rotary = {t: Rotary(cfg.rope[t].inv_freq(cfg.first_layer(t).head_dim)).to(self.device)
                        for t in cfg.layer_types_present()}
         self.attention_backends = ["sdpa"] * cfg.num_hidden_layers

@@ -1,8 +1,9 @@
 """imp_qwen36: the Qwen3.5/3.6 family (Gated DeltaNet + gated attention, 256-expert MoE; and the
 dense qwen3_5 sibling, which shares every block but the feed-forward).
 
-Hook implementations only; the model is imported lazily through the registered builder. The
-GGUF architecture ``qwen35moe`` is claimed by the GGUF formats work, not here.
+Hook implementations only; the model is imported lazily through the registered builder. GGUF
+files of llama.cpp's ``qwen35moe`` (and the dense ``qwen35``) architecture load through the
+family's name table and converter transforms (names.py, gguf.py).
 """
 
 from imp_core.hookspecs import hookimpl
@@ -16,4 +17,5 @@ def imp_register_architectures(register):
         hf_architectures=["Qwen3_5MoeForConditionalGeneration", "Qwen3_5MoeForCausalLM",
                           "Qwen3_5ForConditionalGeneration", "Qwen3_5ForCausalLM"],
         model_types=["qwen3_5_moe", "qwen3_5_moe_text", "qwen3_5", "qwen3_5_text"],
+        gguf_architectures=["qwen35moe", "qwen35"],
     )

@@ -161,4 +161,5 @@ def load_config(checkpoint: Checkpoint) -> Qwen36Config:
     if "dtype" not in data and "torch_dtype" not in data:
         data["dtype"] = checkpoint.config.get("dtype") or checkpoint.config.get("torch_dtype")
     data["moe"] = _is_moe(data, checkpoint.model_types)
-    return parse_config(Qwen36Config, data, f"{checkpoint.path}/config.json")
+    source = f"{checkpoint.path} (GGUF metadata)" if checkpoint.format == "gguf" else f"{checkpoint.path}/config.json"
+    return parse_config(Qwen36Config, data, source)

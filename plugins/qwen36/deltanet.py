@@ -64,7 +64,10 @@ class GatedDeltaNet:
         self.conv_weight = conv[:, 0, :]
         # cast to the model dtype as transformers does (the published files store these in fp32)
         self.dt_bias = get(w, p + "dt_bias", (hv,))
-        self.neg_a = -get(w, p + "A_log", (hv,)).float().exp()
+        if p + "A" in w:  # GGUF stores the decay rate -exp(A_log) itself (ssm_a)
+            self.neg_a = get(w, p + "A", (hv,), dtype=torch.float32)
+        else:
+            self.neg_a = -get(w, p + "A_log", (hv,)).float().exp()
         self.norm_weight = get(w, p + "norm.weight", (self.dv,))
         self.out = Linear(get(w, p + "out_proj.weight", (hid, self.value_dim)))
         self.eps = cfg.rms_norm_eps

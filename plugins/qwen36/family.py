@@ -61,6 +61,29 @@ class Qwen36Family(Family):
                          experts_per_token=cfg.num_experts_per_tok,
                          extra={"rotary_dim": cfg.rotary_dim, "linear_conv_kernel_dim": cfg.linear_conv_kernel_dim})
 
+    # -- GGUF (qwen35moe / qwen35; imp_core.checkpoint.gguf_names) -------------------------------
+    def gguf_names(self):
+        from imp_qwen36.names import GGUF_NAMES
+
+        return GGUF_NAMES
+
+    def config_from_gguf(self, metadata: dict, tensors: dict, *, where: str) -> dict:
+        from imp_qwen36.gguf import config_from_gguf
+
+        return config_from_gguf(metadata, tensors, where=where)
+
+    def gguf_transforms(self, cfg: Qwen36Config, metadata: dict) -> dict:
+        from imp_qwen36.gguf import gguf_transforms
+
+        return gguf_transforms(cfg)
+
+    def rename(self, cfg: Qwen36Config, checkpoint: Checkpoint):
+        if checkpoint.format != "gguf":
+            return None
+        from imp_qwen36.gguf import mtp_rename
+
+        return mtp_rename(cfg.num_hidden_layers)
+
     def build(self, cfg: Qwen36Config, weights: Any):
         from imp_qwen36.model import Qwen36Model
 
