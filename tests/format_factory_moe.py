@@ -1,8 +1,9 @@
 """Quantized tiny Qwen3.6 and Gemma-4 checkpoints made by the real producers, plus dequantised twins.
 
 Each fixture starts from the family's tiny random BF16 checkpoint in the published multimodal layout
-(tests/qwen36_factory "fused", tests/gemma4_factory "gemma4"), at a hidden size of 256 so GGUF
-K-quants apply, and yields (as tests/format_factory.py does for Mistral):
+(tests/qwen36_factory "fused", tests/gemma4_factory "gemma4"; "qwen36-dense" is the dense qwen3_5
+sibling, Qwen3_5ForCausalLM), at a hidden size of 256 so GGUF K-quants apply, with 6 experts (top-2),
+and yields (as tests/format_factory.py does for Mistral):
 - ``path``: the quantized checkpoint as the producer lays it out;
 - ``dense``: the same model with every quantized weight replaced by the PRODUCER's own
   dequantisation (fp32), in the original's layout (fused 3-D experts): the transformers oracle;
@@ -51,9 +52,12 @@ from tests.format_factory import _mo_fp8, _mo_nvfp4, _write_dir
 FORMATS = {
     "qwen36": ("ct-nvfp4", "ct-nvfp4-3d", "ct-fp8", "modelopt-mixed", "gguf-q8_0", "gguf-q4_k_m"),
     "gemma4": ("ct-nvfp4", "ct-nvfp4-3d", "ct-fp8", "modelopt-nvfp4", "gguf-q8_0", "gguf-q4_k_m", "gguf-nvfp4"),
+    "qwen36-dense": ("gguf-q4_k_m",),  # the dense qwen3_5 sibling, GGUF arch qwen35
 }
 QWEN_TEXT = dict(hidden_size=256, head_dim=32, linear_key_head_dim=32, linear_value_head_dim=32, num_experts=6,
                  moe_intermediate_size=32, shared_expert_intermediate_size=64)
+QWEN_DENSE_TEXT = dict(hidden_size=256, head_dim=32, linear_key_head_dim=32, linear_value_head_dim=32,
+                       intermediate_size=128)
 GEMMA_TEXT = dict(hidden_size=256, num_experts=6, moe_intermediate_size=64)  # 64: GGUF NVFP4 down experts
 ROOT = "model.language_model."
 
@@ -282,9 +286,11 @@ def _modelopt_config(family: str, fmt: str, layers: dict) -> tuple[dict, dict]:
 
 # -- entry point ----------------------------------------------------------------------------------
 def write_original(family: str, dest: Path, *, seed: int = 0) -> Path:
-    if family == "qwen36":
+    if family.startswith("qwen36"):
         from tests.qwen36_factory import write_checkpoint
 
+        if family == "qwen36-dense":  # the dense qwen3_5 sibling (GGUF arch qwen35)
+            return write_checkpoint(dest, "dense", seed=seed, dtype=torch.bfloat16, **QWEN_DENSE_TEXT)
         return write_checkpoint(dest, "fused", seed=seed, dtype=torch.bfloat16, **QWEN_TEXT)
     from tests.gemma4_factory import write_checkpoint
 
@@ -331,10 +337,10 @@ def cached_fixture(family: str, fmt: str) -> MoeFixture:
 
 def load_hf(family: str, path: Path):
     """transformers on a fixture directory (fp32, eager attention and experts): the oracle."""
-    if family == "qwen36":
+    if family.startswith("qwen36"):
         from tests.qwen36_factory import load_hf as load
 
-        return load(path, "fused")
+        return load(path, "dense" if family == "qwen36-dense" else "fused")
     from tests.gemma4_factory import load_hf as load
 
     return load(path, "gemma4")

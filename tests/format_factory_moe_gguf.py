@@ -30,7 +30,8 @@ Types: ``gguf-q8_0`` as ``--outtype q8_0`` (every 2-D weight Q8_0; norms, 1-D te
 conv F32); ``gguf-q4_k_m`` as llama-quantize Q4_K_M (llama-quant.cpp, formats.md §6.5): Q4_K default,
 Q6_K for the head (or the tied embedding), for attn_v/attn_qkv on ``use_more_bits`` of their count and
 for ffn_down* on ``use_more_bits`` layers; row lengths that are not a multiple of 256 fall back per
-tensor (Q4_K -> Q5_0, Q6_K -> Q8_0), as llama.cpp does. Block bytes: gguf-py's quantizer for Q8_0 / Q5_0,
+tensor (Q4_K -> Q5_0, Q6_K -> Q8_0), as llama.cpp does; with 6 experts, llama-quant's n_expert == 8
+special cases (attn_v Q8_0, attn_output Q5_K) do not apply. Block bytes: gguf-py's quantizer for Q8_0 / Q5_0,
 imp_core.quant's formats.md §6.3 encoders for K-quants; reference = gguf-py's ``dequantize`` of the same
 bytes, with the layout transforms undone by the inverse functions below.
 """
@@ -46,6 +47,8 @@ import torch
 from tests.format_factory import use_more_bits
 
 ROOT = "model.language_model."
+ARCH = {"qwen36": "qwen35moe", "qwen36-dense": "qwen35", "gemma4": "gemma4"}
+NOT_TEXT = ("model.visual.", "model.vision_tower.", "model.embed_vision.", "model.audio_tower.")
 FORCED_F32 = ("ffn_gate_inp.weight", "ffn_gate_inp_shexp.weight", "ssm_conv1d.weight")
 FALLBACK = {"Q4_K": "Q5_0", "Q6_K": "Q8_0"}
 
@@ -103,13 +106,18 @@ def _is_shifted_norm(hf: str) -> bool:
     return hf.endswith("norm.weight") and not hf.endswith("linear_attn.norm.weight")
 
 
-def converted(family: str, cfg: dict, sd: dict) -> list[tuple[str, str, torch.Tensor]]:
-    """[(gguf name, HF name it stands for, fp32 tensor as the converter writes it)], in file order."""
+def is_qwen(family: str) -> bool:
+    return family.startswith("qwen36")
+
+
+def converted(family: str, cfg: dict, sd: dict) -> list[tuple[str, str, str, torch.Tensor]]:
+    """[(gguf name, stored name, text-model name, fp32 tensor as the converter writes it)], in file order."""
     import gguf
 
-    arch = gguf.MODEL_ARCH.QWEN35MOE if family == "qwen36" else gguf.MODEL_ARCH.GEMMA4
+    arch = {"qwen35moe": gguf.MODEL_ARCH.QWEN35MOE, "qwen35": gguf.MODEL_ARCH.QWEN35,
+            "gemma4": gguf.MODEL_ARCH.GEMMA4}[ARCH[family]]
     tmap = gguf.get_tensor_name_map(arch, cfg["num_hidden_layers"])
-    layout = QwenLayout(cfg) if family == "qwen36" else None
+    layout = QwenLayout(cfg) if is_qwen(family) else None
     out = []
 
     def gname(hf: str, suffix: str = ".weight") -> str:
@@ -117,39 +125,40 @@ def converted(family: str, cfg: dict, sd: dict) -> list[tuple[str, str, torch.Te
         return tmap.get_name(base) + suffix
 
     for stored, t in sd.items():
-        if not stored.startswith(ROOT) and stored != "lm_head.weight":
+        if stored.startswith(NOT_TEXT):
             continue  # vision tower / embed_vision: a separate mmproj GGUF
         hf = "model." + stored[len(ROOT):] if stored.startswith(ROOT) else stored
         leaf = hf.split(".", 3)[3] if hf.startswith("model.layers.") else hf
         w = t.float()
-        if family == "qwen36":
+        if is_qwen(family):
             if leaf == "mlp.experts.gate_up_proj":
                 inter = w.shape[1] // 2
-                out.append((gname(hf.replace("gate_up_proj", "gate_proj")), hf + "#gate", w[:, :inter]))
-                out.append((gname(hf.replace("gate_up_proj", "up_proj")), hf + "#up", w[:, inter:]))
+                out.append((gname(hf.replace("gate_up_proj", "gate_proj")), stored + "#gate", hf, w[:, :inter]))
+                out.append((gname(hf.replace("gate_up_proj", "up_proj")), stored + "#up", hf, w[:, inter:]))
                 continue
             w = layout.forward(leaf, w)
             if leaf == "linear_attn.A_log":
-                out.append((gname(hf, ""), hf, -torch.exp(w)))
+                out.append((gname(hf, ""), stored, hf, -torch.exp(w)))
             elif leaf == "linear_attn.dt_bias":
-                out.append((gname(hf.replace("dt_bias", "dt_proj"), ".bias"), hf, w))
+                out.append((gname(hf.replace("dt_bias", "dt_proj"), ".bias"), stored, hf, w))
             elif leaf == "linear_attn.conv1d.weight":
-                out.append((gname(hf), hf, w.squeeze(1)))
+                out.append((gname(hf), stored, hf, w.squeeze(1)))
             else:
-                out.append((gname(hf), hf, w + 1 if _is_shifted_norm(hf) else w))
+                out.append((gname(hf), stored, hf, w + 1 if _is_shifted_norm(hf) else w))
         else:
             if leaf == "router.scale":
-                out.append((gname(hf.replace("router.scale", "router.proj"), ".scale"), hf, w))
+                out.append((gname(hf.replace("router.scale", "router.proj"), ".scale"), stored, hf, w))
             elif leaf == "router.per_expert_scale":
-                out.append((gname(hf.replace("router.per_expert_scale", "experts.down_proj"), ".scale"), hf, w))
+                out.append((gname(hf.replace("router.per_expert_scale", "experts.down_proj"), ".scale"), stored,
+                            hf, w))
             else:
-                out.append((gname(hf), hf, w))
+                out.append((gname(hf), stored, hf, w))
     if family == "gemma4":
         full = cfg["rope_parameters"]["full_attention"]
         global_dim = gemma_global(cfg)[0]
         half = global_dim // 2
         n_rot = int(global_dim * full["partial_rotary_factor"] / 2)
-        out.insert(0, ("rope_freqs.weight", "", torch.tensor([1.0] * n_rot + [1e30] * (half - n_rot))))
+        out.insert(0, ("rope_freqs.weight", "", "", torch.tensor([1.0] * n_rot + [1e30] * (half - n_rot))))
     return out
 
 
@@ -193,10 +202,13 @@ def _qwen_metadata(w, cfg: dict) -> None:
     w.add_value_length(cfg["head_dim"])
     w.add_rope_freq_base(rope["rope_theta"])
     w.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
-    w.add_expert_count(cfg["num_experts"])
-    w.add_expert_used_count(cfg["num_experts_per_tok"])
-    w.add_expert_feed_forward_length(cfg["moe_intermediate_size"])
-    w.add_expert_shared_feed_forward_length(cfg["shared_expert_intermediate_size"])
+    if "num_experts" in cfg:
+        w.add_expert_count(cfg["num_experts"])
+        w.add_expert_used_count(cfg["num_experts_per_tok"])
+        w.add_expert_feed_forward_length(cfg["moe_intermediate_size"])
+        w.add_expert_shared_feed_forward_length(cfg["shared_expert_intermediate_size"])
+    else:  # the dense qwen35 sibling
+        w.add_feed_forward_length(cfg["intermediate_size"])
     w.add_ssm_conv_kernel(cfg["linear_conv_kernel_dim"])
     w.add_ssm_state_size(cfg["linear_key_head_dim"])
     w.add_ssm_group_count(cfg["linear_num_key_heads"])
@@ -251,7 +263,7 @@ def _tokenizer_metadata(w, family: str, tok_dir: Path, vocab_size: int) -> None:
 
     data = json.loads((tok_dir / "tokenizer.json").read_text())
     added = {t["id"]: t for t in data.get("added_tokens", [])}
-    if family == "qwen36":
+    if is_qwen(family):
         vocab = data["model"]["vocab"]
         tokens = [f"[PAD{i}]" for i in range(vocab_size)]
         types = [gguf.TokenType.UNUSED] * vocab_size
@@ -286,7 +298,7 @@ def _dense_twin(family: str, cfg: dict, hf: str, stored: torch.Tensor, original:
                 layout) -> torch.Tensor:
     """The HF tensor the file holds: the converter's transform undone on the dequantised data."""
     leaf = hf.split(".", 3)[3] if hf.startswith("model.layers.") else hf
-    if family == "gemma4":
+    if not is_qwen(family):
         return stored
     if leaf == "linear_attn.A_log":
         return original  # the file holds -exp(A_log) in fp32: exactly what transformers computes
@@ -333,24 +345,23 @@ def write_family_gguf(family: str, fmt: str, root: Path, original: Path, cfg: di
 
     from imp_core.quant import quantize_gguf
 
-    arch = "qwen35moe" if family == "qwen36" else "gemma4"
     path = root / f"tiny-{fmt}.gguf"
     root.mkdir(parents=True, exist_ok=True)
-    writer = gguf.GGUFWriter(path, arch)
+    writer = gguf.GGUFWriter(path, ARCH[family])
     writer.add_name(f"tiny-{family}")
-    (_qwen_metadata if family == "qwen36" else _gemma_metadata)(writer, cfg)
+    (_qwen_metadata if is_qwen(family) else _gemma_metadata)(writer, cfg)
     writer.add_file_type({"gguf-q8_0": gguf.LlamaFileType.MOSTLY_Q8_0, "gguf-q4_k_m": gguf.LlamaFileType.MOSTLY_Q4_K_M,
                           "gguf-nvfp4": gguf.LlamaFileType.MOSTLY_NVFP4}[fmt])
     _tokenizer_metadata(writer, family, original, cfg["vocab_size"])
     tensors = converted(family, cfg, sd)
     n_layers = cfg["num_hidden_layers"]
-    counters = {"attn_v": 0, "n_attn_v": sum(_attn_v_like(g) for g, _, _ in tensors),
-                "tied": not any(g == "output.weight" for g, _, _ in tensors)}
-    layout = QwenLayout(cfg) if family == "qwen36" else None
+    counters = {"attn_v": 0, "n_attn_v": sum(_attn_v_like(t[0]) for t in tensors),
+                "tied": not any(t[0] == "output.weight" for t in tensors)}
+    layout = QwenLayout(cfg) if is_qwen(family) else None
     dense: dict[str, torch.Tensor] = {}
     halves: dict[str, dict[str, torch.Tensor]] = {}
     experts = nvfp4_experts(cfg, sd) if fmt == "gguf-nvfp4" else {}
-    for gname, hf, w in tensors:
+    for gname, stored, hf, w in tensors:
         if experts and gname.endswith("ffn_down_exps.scale"):
             continue  # router.per_expert_scale: folded into the NVFP4 down experts' scale
         qtype = qtype_of(fmt, gname, tuple(w.shape), n_layers, counters)
@@ -366,16 +377,15 @@ def write_family_gguf(family: str, fmt: str, root: Path, original: Path, cfg: di
             raw = quantize_gguf(w, qtype)
             writer.add_tensor(gname, raw, raw_shape=raw.shape, raw_dtype=gguf.GGMLQuantizationType[qtype])
             back = torch.from_numpy(gguf.quants.dequantize(raw, gguf.GGMLQuantizationType[qtype]).copy()).float()
-        if not hf:
+        if not stored:
             continue
-        if "#" in hf:  # one half of the fused experts
-            name, half = hf.split("#")
+        if "#" in stored:  # one half of the fused experts
+            name, half = stored.split("#")
             halves.setdefault(name, {})[half] = back
             continue
-        stored = "lm_head.weight" if hf == "lm_head.weight" else ROOT + hf[len("model."):]
         dense[stored] = _dense_twin(family, cfg, hf, back, sd[stored].float(), layout)
     for name, parts in halves.items():
-        dense[ROOT + name[len("model."):]] = torch.cat((parts["gate"], parts["up"]), dim=1)
+        dense[name] = torch.cat((parts["gate"], parts["up"]), dim=1)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()

@@ -5,8 +5,8 @@ Fixtures: tests/format_factory_moe.py (real producers on a tiny random Qwen3.6 a
 Tolerance: fp32 logits (up to ~8) agree to 1e-4 absolute over a 24-token prefill and 16 cached decode
 steps (measured 8e-6 .. 1e-5, the same as unquantized fp32 parity). The quantisation error against the
 BF16 original is printed with -s and only asserted loosely (format_check_moe.WEIGHT_ERROR bands, from
-formats.md §7); a tiny random MoE turns 0.5 % weight error into ~15 % logit error because routing
-decisions flip, so the logit bound is wide.
+formats.md §7); the tiny random model turns 0.5 % weight error into ~15 % logit error (Gaussian noise
+of the same relative size does the same), so the logit bound is wide.
 """
 
 from __future__ import annotations
@@ -38,6 +38,13 @@ EXPECTED = {  # format -> (producer, {format: count})
 @pytest.mark.parametrize("fmt", FORMATS[FAMILY])
 def test_logits_match_transformers_on_the_dequantised_weights(fmt):
     check_parity(FAMILY, fmt, TOL)
+
+
+def test_dense_sibling_gguf_qwen35_matches_transformers():
+    check_parity("qwen36-dense", "gguf-q4_k_m", TOL)
+    s = session(cached_fixture("qwen36-dense", "gguf-q4_k_m").path)
+    assert s.inspection.config.architecture == "Qwen3_5ForCausalLM (GGUF qwen35)"
+    assert not s.inspection.config.moe and s.inspection.config.intermediate_size == 128
 
 
 @pytest.mark.parametrize("fmt", FORMATS[FAMILY])
