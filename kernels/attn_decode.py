@@ -2,22 +2,31 @@
 
 ``attn_decode(q, k_cache, v_cache, slot_pos, pos, out, scale=..., window=None, ring=False,
 gate=None, plan=None)``: q [B, H, D], caches [B, Hkv, S, D] (``imp_core.cache.KVCache``
-layout), ``slot_pos`` [S] int64 (-1 = empty), ``pos`` a [1] int64 device tensor. Key slot s is
-visible iff ``0 <= slot_pos[s] <= pos`` and, with a window W, ``slot_pos[s] > pos - W``. GQA:
-query head h reads kv head h // (H/Hkv), group sizes 1..8; D a multiple of 64 (128/256/512).
-``gate`` [B, H*D] bf16 applies Qwen's output gate ``out = bf16(out · bf16(sigmoid(gate)))``.
+layout), ``slot_pos`` [S] int64 (-1 = empty; positions below 2^31), ``pos`` a [1] int64 device
+tensor. Key slot s is visible iff ``0 <= slot_pos[s] <= pos`` and, with a window W,
+``slot_pos[s] > pos - W``. GQA: query head h reads kv head h // (H/Hkv), group sizes 1..8; D a
+multiple of 64 (128/256/512). ``gate`` [B, H*D] bf16 applies Qwen's output gate
+``out = bf16(out · bf16(sigmoid(gate)))``.
 
-Kernel 1 (grid splits x Hkv x B; D/64 warps): a block owns one kv head and a range of 16-key
-tiles of the live slots (``S`` for a ring, ``min(S, pos+1)`` otherwise, from ``pos - W + 1`` with a
-window W over a non-ring cache; ``pos`` read on the device);
-warp w owns dims [64w, 64w+64). Per tile: scores ``S = Q·Kᵀ`` with ``mma m16n8k16`` (A = the
-group's <= 8 query heads as rows, B = 8 keys), partial over the warp's dims, summed across warps
-through shared memory; online softmax in fp32 per head; then ``Oᵀ += Vᵀ·Pᵀ`` with A = V
-transposed in registers (16-byte loads of 4 key rows and ``prmt``) and B = the probabilities as
-bf16 (the score C-fragment is exactly the B-fragment layout). Next tile's K/V are loaded before
-the current one is used. With one split it writes ``out`` directly; otherwise fp32 partials
-(unnormalised O, running max, sum) go to ``plan``'s workspace and kernel 2 (grid H x B) merges
-them with the usual log-sum-exp weights and applies the gate.
+Kernel 1 (grid splits x Hkv x B; D/64 warps): a block owns one kv head, all the query heads of
+its group (K/V are read once per group), and a range of 16-key tiles of the live slots (``S``
+for a ring, ``min(S, pos+1)`` otherwise, from ``pos - W + 1`` with a window W over a non-ring
+cache; ``pos`` read on the device); warp w owns dims [64w, 64w+64). Per tile: scores
+``S = Q·Kᵀ`` with ``mma m16n8k16`` (A = the group's <= 8 query heads as rows, B = 8 keys),
+partial over the warp's dims, summed across warps through shared memory; online softmax in fp32
+per head; then ``Oᵀ += Vᵀ·Pᵀ`` with A = V transposed in registers (16-byte loads of 4 key rows
+and ``prmt``) and B = the probabilities as bf16 (the score C-fragment is exactly the B-fragment
+layout). The next tile's K, V and slot positions are loaded before the current tile is used, so
+the masks cost no round trip of their own. With one split it writes ``out`` directly; otherwise
+each block stores its fp32 partial (unnormalised O of the group's heads with 16-byte stores,
+running max and sum) in ``plan``'s workspace and kernel 2 merges them.
+
+Kernel 2 (grid column-chunks x Hkv x B, 256 threads): 16 threads per chunk of 16 four-dim
+columns of the group's outputs, 16 split groups; each thread loads its splits' partials four at
+a time (all loads of a batch in flight together), folds them with log-sum-exp weights, and the
+16 split groups are folded through shared memory; then the gate. Its cost is one or two L2 round
+trips whatever the split count, so the default split count (``default_splits``) can fill the
+GPU with about 16 warps per SM.
 """
 
 from __future__ import annotations
@@ -32,18 +41,22 @@ from imp_core.layers.attention import attend
 from imp_kernels import ptx
 from imp_kernels.compat import cuda
 from imp_kernels.launch import device_jit, jit, launch
-from imp_kernels.ops_common import NEG_INF, bf16_round, check, ld_bf16, pack_bf16, shfl_idx_f32, st_bf16, u32, want
+from imp_kernels.ops_common import (NEG_INF, bf16_round, check, ld_bf16, pack_bf16, shfl_idx_f32, st_bf16, st_v4, u32,
+                                    want)
 
 __all__ = ["attn_decode", "attn_decode_ref", "attn_decode_plan", "AttnDecodePlan", "default_splits"]
 
 MAX_WARPS = 8  # D <= 512
 MAX_REP = 8
+MERGE_COLS = 16  # four-dim output columns per merge block (x 16 split groups = 256 threads)
+MERGE_THREADS = 256
 
 
 @device_jit(inline="always")
-def _load_tile(k32, v32, row0, tile, cap, dw, w, g, t):
-    """K words of keys 16*tile + g and + 8 + g (dims 64w + 16t.. +16) and V words of keys
-    16*tile + {2t, 2t+1, 2t+8, 2t+9} (dims 64w + 8g.. +8); key indices clamped into the cache."""
+def _load_tile(k32, v32, sp32, row0, tile, cap, dw, w, g, t):
+    """K words of keys 16*tile + g and + 8 + g (dims 64w + 16t.. +16), V words of keys
+    16*tile + {2t, 2t+1, 2t+8, 2t+9} (dims 64w + 8g.. +8) and the low words of those four keys'
+    slot positions; key indices clamped into the cache."""
     last = cap - 1
     key0 = min(tile * 16 + g, last)
     key1 = min(tile * 16 + 8 + g, last)
@@ -53,19 +66,21 @@ def _load_tile(k32, v32, row0, tile, cap, dw, w, g, t):
     kb = (ptx.ld_v4(k32, kb1), ptx.ld_v4(k32, kb1 + 4))
     vo = 32 * w + 4 * g
     r = tile * 16 + 2 * t
-    va = ptx.ld_v4(v32, (row0 + min(r, last)) * dw + vo)
-    vb = ptx.ld_v4(v32, (row0 + min(r + 1, last)) * dw + vo)
-    vc = ptx.ld_v4(v32, (row0 + min(r + 8, last)) * dw + vo)
-    vd = ptx.ld_v4(v32, (row0 + min(r + 9, last)) * dw + vo)
-    return ka, kb, va, vb, vc, vd
+    r0 = min(r, last)
+    r1 = min(r + 1, last)
+    r2 = min(r + 8, last)
+    r3 = min(r + 9, last)
+    va = ptx.ld_v4(v32, (row0 + r0) * dw + vo)
+    vb = ptx.ld_v4(v32, (row0 + r1) * dw + vo)
+    vc = ptx.ld_v4(v32, (row0 + r2) * dw + vo)
+    vd = ptx.ld_v4(v32, (row0 + r3) * dw + vo)
+    sp = (np.int32(sp32[2 * r0]), np.int32(sp32[2 * r1]), np.int32(sp32[2 * r2]), np.int32(sp32[2 * r3]))
+    return ka, kb, va, vb, vc, vd, sp
 
 
 @device_jit(inline="always")
-def _masked(x, key, n_act, slot_pos, pos, window):
-    if key >= n_act:
-        return NEG_INF
-    sp = slot_pos[key]
-    if sp < 0 or sp > pos or (window > 0 and sp <= pos - window):
+def _masked(x, key, n_act, sp, pos, window):
+    if key >= n_act or sp < 0 or sp > pos or (window > 0 and sp <= pos - window):
         return NEG_INF
     return x
 
@@ -80,9 +95,14 @@ def _store_out(out, gate, has_gate, b, n_heads, d, h0, hh, n_rep, dim, val):
         st_bf16(out, i, o)
 
 
-@jit
-def _attn_partial_kernel(q32, k32, v32, slot_pos, pos_arr, n_heads, n_kv, cap, d, n_rep, scale, window,
-                         ring, nsplit, part_o, part_ml, direct, out, gate, has_gate):
+@device_jit(inline="always")
+def _bits(f):
+    return ptx.f32_to_bits(np.float32(f))
+
+
+@jit(max_registers=128)  # 4 blocks of 4 warps (16 warps) per SM at D=256
+def _attn_partial_kernel(q32, k32, v32, sp32, pos_arr, n_heads, n_kv, cap, d, n_rep, scale, window,
+                         ring, nsplit, part32, part_ml, direct, out, gate, has_gate):
     sc = cuda.shared.array((2, MAX_WARPS, 4, 32), np.float32)
     lane = cuda.threadIdx.x & 31
     w = cuda.threadIdx.x >> 5
@@ -92,6 +112,16 @@ def _attn_partial_kernel(q32, k32, v32, slot_pos, pos_arr, n_heads, n_kv, cap, d
     split = cuda.blockIdx.x
     kvh = cuda.blockIdx.y
     b = cuda.blockIdx.z
+    dw = d >> 1  # words per row
+    z = np.uint32(0)
+    # Q fragments: head g of the group, dims 64w + 16t .. +16 (two 16-byte loads, before pos is known)
+    q0, q1, q2, q3, q4, q5, q6, q7 = z, z, z, z, z, z, z, z
+    if g < n_rep:
+        qb = (b * n_heads + kvh * n_rep + g) * dw + 32 * w + 8 * t
+        qa = ptx.ld_v4_cached(q32, qb)
+        qc = ptx.ld_v4_cached(q32, qb + 4)
+        q0, q1, q2, q3 = qa[0], qa[1], qa[2], qa[3]
+        q4, q5, q6, q7 = qc[0], qc[1], qc[2], qc[3]
     pos = pos_arr[0]
     n_act = cap if ring else min(cap, pos + 1)
     # a window over a non-ring cache (slot = position): slots before pos - W + 1 are all masked
@@ -100,16 +130,6 @@ def _attn_partial_kernel(q32, k32, v32, slot_pos, pos_arr, n_heads, n_kv, cap, d
     per = (tiles + nsplit - 1) // nsplit
     t0 = first + split * per
     t1 = min(t0 + per, first + tiles)
-    dw = d >> 1  # words per row
-    z = np.uint32(0)
-    # Q fragments: head g of the group, dims 64w + 16t .. +16 (two 16-byte loads)
-    q0, q1, q2, q3, q4, q5, q6, q7 = z, z, z, z, z, z, z, z
-    if g < n_rep:
-        qb = (b * n_heads + kvh * n_rep + g) * dw + 32 * w + 8 * t
-        qa = ptx.ld_v4_cached(q32, qb)
-        qc = ptx.ld_v4_cached(q32, qb + 4)
-        q0, q1, q2, q3 = qa[0], qa[1], qa[2], qa[3]
-        q4, q5, q6, q7 = qc[0], qc[1], qc[2], qc[3]
     row0 = (b * n_kv + kvh) * cap
     acc = cuda.local.array(16, np.float32)
     for i in range(16):
@@ -119,17 +139,18 @@ def _attn_partial_kernel(q32, k32, v32, slot_pos, pos_arr, n_heads, n_kv, cap, d
     # prefetch the first tile
     tile = t0
     if tile < t1:
-        ka, kb2, va, vb, vc, vd = _load_tile(k32, v32, row0, tile, cap, dw, w, g, t)
+        ka, kb2, va, vb, vc, vd, sp = _load_tile(k32, v32, sp32, row0, tile, cap, dw, w, g, t)
     else:
         zz = (z, z, z, z)
-        ka, kb2, va, vb, vc, vd = (zz, zz), (zz, zz), zz, zz, zz, zz
+        m1 = np.int32(-1)
+        ka, kb2, va, vb, vc, vd, sp = (zz, zz), (zz, zz), zz, zz, zz, zz, (m1, m1, m1, m1)
     buf = 0
     while tile < t1:
         nxt = tile + 1
         if nxt < t1:
-            nka, nkb, nva, nvb, nvc, nvd = _load_tile(k32, v32, row0, nxt, cap, dw, w, g, t)
+            nka, nkb, nva, nvb, nvc, nvd, nsp = _load_tile(k32, v32, sp32, row0, nxt, cap, dw, w, g, t)
         else:
-            nka, nkb, nva, nvb, nvc, nvd = ka, kb2, va, vb, vc, vd
+            nka, nkb, nva, nvb, nvc, nvd, nsp = ka, kb2, va, vb, vc, vd, sp
         # partial scores over this warp's 64 dims: keys 8n + g of the tile (n = 0, 1)
         f = np.float32(0.0)
         s00, s01, j0, j1 = f, f, f, f
@@ -156,10 +177,10 @@ def _attn_partial_kernel(q32, k32, v32, slot_pos, pos_arr, n_heads, n_kv, cap, d
         buf ^= 1
         # keys of this lane's four scores: tile*16 + {2t, 2t+1, 8+2t, 9+2t}
         kbase = tile * 16 + 2 * t
-        x0 = _masked(x0 * scale, kbase, n_act, slot_pos, pos, window)
-        x1 = _masked(x1 * scale, kbase + 1, n_act, slot_pos, pos, window)
-        x2 = _masked(x2 * scale, kbase + 8, n_act, slot_pos, pos, window)
-        x3 = _masked(x3 * scale, kbase + 9, n_act, slot_pos, pos, window)
+        x0 = _masked(x0 * scale, kbase, n_act, sp[0], pos, window)
+        x1 = _masked(x1 * scale, kbase + 1, n_act, sp[1], pos, window)
+        x2 = _masked(x2 * scale, kbase + 8, n_act, sp[2], pos, window)
+        x3 = _masked(x3 * scale, kbase + 9, n_act, sp[3], pos, window)
         mt = max(max(x0, x1), max(x2, x3))
         mt = max(mt, ptx.shfl_xor_f32(mt, 1))
         mt = max(mt, ptx.shfl_xor_f32(mt, 2))
@@ -193,7 +214,7 @@ def _attn_partial_kernel(q32, k32, v32, slot_pos, pos_arr, n_heads, n_kv, cap, d
             acc[4 * j + 1] = c1
             acc[4 * j + 2] = c2
             acc[4 * j + 3] = c3
-        ka, kb2, va, vb, vc, vd = nka, nkb, nva, nvb, nvc, nvd
+        ka, kb2, va, vb, vc, vd, sp = nka, nkb, nva, nvb, nvc, nvd, nsp
         tile = nxt
     l_run += ptx.shfl_xor_f32(l_run, 1)
     l_run += ptx.shfl_xor_f32(l_run, 2)
@@ -210,44 +231,118 @@ def _attn_partial_kernel(q32, k32, v32, slot_pos, pos_arr, n_heads, n_kv, cap, d
             _store_out(out, gate, has_gate, b, n_heads, d, kvh * n_rep, ha, n_rep, d0 + 4, acc[4 * j + 2] * inv_a)
             _store_out(out, gate, has_gate, b, n_heads, d, kvh * n_rep, hb, n_rep, d0 + 4, acc[4 * j + 3] * inv_b)
     else:
+        # this lane holds dims 64w + 8g .. +8 of heads 2t and 2t+1: two 16-byte stores per head
         pb = ((b * n_kv + kvh) * nsplit + split) * MAX_REP
-        if t == 0 and w == 0:
+        if t == 0 and w == 0 and g < n_rep:
             part_ml[(pb + g) * 2] = m_run
             part_ml[(pb + g) * 2 + 1] = l_run
-        for j in range(4):
-            d0 = 64 * w + 8 * g + j
-            part_o[(pb + ha) * d + d0] = acc[4 * j]
-            part_o[(pb + hb) * d + d0] = acc[4 * j + 1]
-            part_o[(pb + ha) * d + d0 + 4] = acc[4 * j + 2]
-            part_o[(pb + hb) * d + d0 + 4] = acc[4 * j + 3]
+        dbase = 64 * w + 8 * g
+        if ha < n_rep:
+            o = (pb + ha) * d + dbase
+            st_v4(part32, o, _bits(acc[0]), _bits(acc[4]), _bits(acc[8]), _bits(acc[12]))
+            st_v4(part32, o + 4, _bits(acc[2]), _bits(acc[6]), _bits(acc[10]), _bits(acc[14]))
+        if hb < n_rep:
+            o = (pb + hb) * d + dbase
+            st_v4(part32, o, _bits(acc[1]), _bits(acc[5]), _bits(acc[9]), _bits(acc[13]))
+            st_v4(part32, o + 4, _bits(acc[3]), _bits(acc[7]), _bits(acc[11]), _bits(acc[15]))
 
+
+@device_jit(inline="always")
+def _split_index(s, nsplit):
+    return min(s, nsplit - 1)
 
 
 @jit
-def _attn_merge_kernel(part_o, part_ml, n_heads, n_kv, n_rep, d, nsplit, out, gate, has_gate):
-    h = cuda.blockIdx.x
-    b = cuda.blockIdx.y
-    kvh = h // n_rep
-    hh = h - kvh * n_rep
+def _attn_merge_kernel(part32, part_ml, n_heads, n_kv, n_rep, d, nsplit, out, gate, has_gate):
+    sm_m = cuda.shared.array(MERGE_THREADS, np.float32)
+    sm_l = cuda.shared.array(MERGE_THREADS, np.float32)
+    sm_o = cuda.shared.array((4, MERGE_THREADS), np.float32)
+    tid = cuda.threadIdx.x
+    col = tid % MERGE_COLS
+    sg = tid // MERGE_COLS
+    ngrp = MERGE_THREADS // MERGE_COLS
+    kvh = cuda.blockIdx.y
+    b = cuda.blockIdx.z
+    d4 = d >> 2
+    c = cuda.blockIdx.x * MERGE_COLS + col  # four-dim column of the group's n_rep x D outputs
+    active = c < n_rep * d4
+    cc = c if active else 0
+    hh = cc // d4
+    dim = (cc - hh * d4) * 4
     base = (b * n_kv + kvh) * nsplit
-    big = NEG_INF
-    for s in range(nsplit):
-        big = max(big, part_ml[((base + s) * MAX_REP + hh) * 2])
-    dim = cuda.threadIdx.x
-    while dim < d:
+    m_loc = NEG_INF
+    l_loc = np.float32(0.0)
+    o0, o1, o2, o3 = np.float32(0.0), np.float32(0.0), np.float32(0.0), np.float32(0.0)
+    s = sg
+    while s < nsplit:
+        # four splits per round, every load issued before any is used (indices past the end
+        # re-read the last split and are given weight 0)
+        ia = ((base + _split_index(s, nsplit)) * MAX_REP + hh)
+        ib = ((base + _split_index(s + ngrp, nsplit)) * MAX_REP + hh)
+        ic = ((base + _split_index(s + 2 * ngrp, nsplit)) * MAX_REP + hh)
+        i_d = ((base + _split_index(s + 3 * ngrp, nsplit)) * MAX_REP + hh)
+        wa = ptx.ld_v4(part32, ia * d + dim)
+        wb = ptx.ld_v4(part32, ib * d + dim)
+        wc = ptx.ld_v4(part32, ic * d + dim)
+        wd = ptx.ld_v4(part32, i_d * d + dim)
+        ma, la = part_ml[ia * 2], part_ml[ia * 2 + 1]
+        mb, lb = part_ml[ib * 2], part_ml[ib * 2 + 1]
+        mc, lc = part_ml[ic * 2], part_ml[ic * 2 + 1]
+        md, ld = part_ml[i_d * 2], part_ml[i_d * 2 + 1]
+        if s + ngrp >= nsplit:
+            mb = NEG_INF
+        if s + 2 * ngrp >= nsplit:
+            mc = NEG_INF
+        if s + 3 * ngrp >= nsplit:
+            md = NEG_INF
+        m_new = max(max(m_loc, ma), max(mb, max(mc, md)))
+        if m_new != NEG_INF:
+            r = np.float32(math.exp(m_loc - m_new))
+            ea = np.float32(math.exp(ma - m_new))
+            eb = np.float32(math.exp(mb - m_new))
+            ec = np.float32(math.exp(mc - m_new))
+            ed = np.float32(math.exp(md - m_new))
+            l_loc = l_loc * r + ((ea * la + eb * lb) + (ec * lc + ed * ld))
+            o0 = o0 * r + ((ea * ptx.bits_to_f32(wa[0]) + eb * ptx.bits_to_f32(wb[0]))
+                           + (ec * ptx.bits_to_f32(wc[0]) + ed * ptx.bits_to_f32(wd[0])))
+            o1 = o1 * r + ((ea * ptx.bits_to_f32(wa[1]) + eb * ptx.bits_to_f32(wb[1]))
+                           + (ec * ptx.bits_to_f32(wc[1]) + ed * ptx.bits_to_f32(wd[1])))
+            o2 = o2 * r + ((ea * ptx.bits_to_f32(wa[2]) + eb * ptx.bits_to_f32(wb[2]))
+                           + (ec * ptx.bits_to_f32(wc[2]) + ed * ptx.bits_to_f32(wd[2])))
+            o3 = o3 * r + ((ea * ptx.bits_to_f32(wa[3]) + eb * ptx.bits_to_f32(wb[3]))
+                           + (ec * ptx.bits_to_f32(wc[3]) + ed * ptx.bits_to_f32(wd[3])))
+            m_loc = m_new
+        s += 4 * ngrp
+    sm_m[tid] = m_loc
+    sm_l[tid] = l_loc
+    sm_o[0, tid] = o0
+    sm_o[1, tid] = o1
+    sm_o[2, tid] = o2
+    sm_o[3, tid] = o3
+    cuda.syncthreads()
+    if sg == 0 and active:
+        big = NEG_INF
+        for k in range(ngrp):
+            big = max(big, sm_m[k * MERGE_COLS + col])
         tot = np.float32(0.0)
-        o = np.float32(0.0)
+        r0, r1, r2, r3 = np.float32(0.0), np.float32(0.0), np.float32(0.0), np.float32(0.0)
         if big != NEG_INF:
-            for s in range(nsplit):
-                i = (base + s) * MAX_REP + hh
-                m = part_ml[i * 2]
-                if m != NEG_INF:
-                    wgt = np.float32(math.exp(m - big))
-                    tot += wgt * part_ml[i * 2 + 1]
-                    o += wgt * part_o[i * d + dim]
-        _store_out(out, gate, has_gate, b, n_heads, d, kvh * n_rep, hh, n_rep, dim,
-                   o / tot if tot > 0 else np.float32(0.0))
-        dim += cuda.blockDim.x
+            for k in range(ngrp):
+                i = k * MERGE_COLS + col
+                mk = sm_m[i]
+                if mk != NEG_INF:
+                    e = np.float32(math.exp(mk - big))
+                    tot += e * sm_l[i]
+                    r0 += e * sm_o[0, i]
+                    r1 += e * sm_o[1, i]
+                    r2 += e * sm_o[2, i]
+                    r3 += e * sm_o[3, i]
+        inv = np.float32(1.0) / tot if tot > 0 else np.float32(0.0)
+        h0 = kvh * n_rep
+        _store_out(out, gate, has_gate, b, n_heads, d, h0, hh, n_rep, dim, r0 * inv)
+        _store_out(out, gate, has_gate, b, n_heads, d, h0, hh, n_rep, dim + 1, r1 * inv)
+        _store_out(out, gate, has_gate, b, n_heads, d, h0, hh, n_rep, dim + 2, r2 * inv)
+        _store_out(out, gate, has_gate, b, n_heads, d, h0, hh, n_rep, dim + 3, r3 * inv)
 
 
 @dataclass
@@ -261,20 +356,31 @@ class AttnDecodePlan:
 
 
 def default_splits(batch: int, n_kv: int, head_dim: int, capacity: int, *, sms: int = 132,
-                   min_tiles: int = 4) -> int:
-    """Splits of the context per kv head: about 8 warps per SM over the whole grid, but at
-    least ``min_tiles`` 16-key tiles per split (partials cost 8·D·4 bytes per block)."""
+                   min_tiles: int = 2) -> int:
+    """Splits of the context per kv head: enough blocks for about 16 warps per SM (the most that
+    fit at <= 128 registers), each with at least ``min_tiles`` 16-key tiles (a block's partial
+    costs n_rep·D·4 bytes against its 64·D bytes of K and V per tile), and no split left empty
+    at full capacity."""
     warps = head_dim // 64
-    want_blocks = max(1, sms * 8 // warps)
+    want_blocks = max(1, sms * max(1, 16 // warps))
     splits = -(-want_blocks // max(1, batch * n_kv))
     tiles = -(-capacity // 16)
-    return max(1, min(splits, -(-tiles // min_tiles)))
+    per = max(min_tiles, -(-tiles // splits))
+    return max(1, -(-tiles // per))
+
+
+def _sm_count(device) -> int:
+    dev = torch.device(device)
+    if dev.type == "cuda" and torch.cuda.is_available():
+        return torch.cuda.get_device_properties(dev).multi_processor_count
+    return 132
 
 
 def attn_decode_plan(batch: int, n_kv: int, head_dim: int, capacity: int, device, *,
                      splits: int | None = None) -> AttnDecodePlan:
-    """Choose the split count (``default_splits`` unless given) and allocate its workspace."""
-    s = splits or default_splits(batch, n_kv, head_dim, capacity)
+    """Choose the split count (``default_splits`` for the device's SM count unless given) and
+    allocate its workspace."""
+    s = splits or default_splits(batch, n_kv, head_dim, capacity, sms=_sm_count(device))
     if s == 1:
         return AttnDecodePlan(1, None, None)
     po = torch.empty(batch, n_kv, s, MAX_REP, head_dim, dtype=torch.float32, device=device)
@@ -316,14 +422,16 @@ def attn_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, s
     direct = splits == 1
     ob = out.view(torch.uint16).reshape(-1)
     gb = gate.view(torch.uint16).reshape(-1) if gate is not None else ob
-    f32 = pos.view(torch.float32)  # placeholder when there is no workspace
-    po = plan.part_o.reshape(-1) if not direct else f32
-    pm = plan.part_ml.reshape(-1) if not direct else f32
+    sp32 = slot_pos.view(torch.int32)  # low words of the int64 positions (little-endian)
+    pw = u32(plan.part_o) if not direct else u32(pos)  # pos: placeholder when there is no workspace
+    pm = plan.part_ml.reshape(-1) if not direct else pos.view(torch.float32)
     launch(_attn_partial_kernel, (splits, hkv, b), 32 * (d // 64), u32(q), u32(k_cache), u32(v_cache),
-           slot_pos, pos, h, hkv, s, d, h // hkv, np.float32(scale), int(window or 0), int(ring), splits,
-           po, pm, int(direct), ob, gb, int(gate is not None))
+           sp32, pos, h, hkv, s, d, h // hkv, np.float32(scale), int(window or 0), int(ring), splits,
+           pw, pm, int(direct), ob, gb, int(gate is not None))
     if not direct:
-        launch(_attn_merge_kernel, (h, b), min(d, 256), po, pm, h, hkv, h // hkv, d, splits, ob, gb,
+        n_rep = h // hkv
+        chunks = -(-(n_rep * d // 4) // MERGE_COLS)
+        launch(_attn_merge_kernel, (chunks, hkv, b), MERGE_THREADS, pw, pm, h, hkv, n_rep, d, splits, ob, gb,
                int(gate is not None))
 
 
@@ -341,7 +449,7 @@ def attn_decode_ref(q, k_cache, v_cache, slot_pos, pos, out, *, scale, window=No
 
 def kernel_sigs(T) -> dict:
     """Argument types of the kernels as the wrapper launches them (for ops_ptx_report)."""
-    part = (T.U32, T.U32, T.U32, T.I64, T.I64, T.I, T.I, T.I, T.I, T.I, T.F, T.I, T.I, T.I, T.F32A, T.F32A, T.I,
+    part = (T.U32, T.U32, T.U32, T.I32, T.I64, T.I, T.I, T.I, T.I, T.I, T.F, T.I, T.I, T.I, T.U32, T.F32A, T.I,
             T.U16, T.U16, T.I)
-    merge = (T.F32A, T.F32A, T.I, T.I, T.I, T.I, T.I, T.U16, T.U16, T.I)
+    merge = (T.U32, T.F32A, T.I, T.I, T.I, T.I, T.I, T.U16, T.U16, T.I)
     return {"attn_partial": (_attn_partial_kernel, part), "attn_merge": (_attn_merge_kernel, merge)}

@@ -29,9 +29,10 @@ def _clone(d):
 
 
 @pytest.mark.parametrize("bsz,hk,hv,dv,kc,steps", [
-    (1, 1, 1, 64, 3, 2),  # two column blocks per value head (norm merged by the last), two steps
-    (1, 1, 2, 32, 3, 1),  # two value heads per key head (repeat_interleave)
+    (1, 1, 1, 64, 3, 2),  # half the lanes idle (dv < 128), two steps
+    (1, 1, 2, 32, 3, 1),  # two value heads per key head (repeat_interleave; the ticket picks the shifter)
     (2, 1, 1, 32, 4, 1),  # batch 2, transformers' 4-column conv state
+    (1, 1, 1, 160, 3, 1),  # two column chunks, the second partial
 ])
 def test_gdn_decode_matches_references(bsz, hk, hv, dv, kc, steps):
     inp = _inputs(bsz, hk, hv, dv, 4, kc, seed=bsz * 10 + hv + kc)
