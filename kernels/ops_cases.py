@@ -212,7 +212,7 @@ def _attn_cases(device, tiny) -> list[Case]:
                             v_cache=r(1, hkv, cap, d), slot_pos=sp.to(device), pos=torch.tensor([pos], device=device),
                             out=r(1, h, d), gate=r(1, h * d) if gated else None)
 
-            def compare(a, b, scale=scale, window=window):
+            def compare(a, b, scale=scale, window=window, plan=plan):
                 o32 = attend(a["q"][:, :, None].float(), a["k_cache"].float(), a["v_cache"].float(), a["pos"],
                              a["slot_pos"], scale=scale, window=window, backend="eager")[:, :, 0]
                 if a["gate"] is not None:
