@@ -159,7 +159,7 @@ def _shift_back(w: Any) -> Any:
     if not isinstance(w, torch.Tensor):
         raise CheckpointError(f"a Qwen GGUF norm weight is stored as {getattr(w, 'qtype', type(w).__name__)}; "
                               f"expected a float tensor")
-    return w - 1
+    return w.float() - 1  # in fp32 whatever the stored float type: the model dtype cast comes after
 
 
 def gguf_transforms(cfg: Any) -> dict[str, Callable[[Any], Any]]:
