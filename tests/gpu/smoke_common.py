@@ -38,14 +38,15 @@ def measure_copy_bandwidth(nbytes: int = 2 << 30) -> float:
     return 2 * nbytes / secs
 
 
-def _settings(device: str, dtype: str):
+def _settings(device: str, dtype: str, flags: dict | None = None):
     from imp_core.settings import load_settings
 
-    return load_settings(cli_flags={"runtime.device": device, "runtime.dtype": dtype}, env={},
-                         user_config=Path("/nonexistent/imp.toml"))
+    return load_settings(cli_flags={"runtime.device": device, "runtime.dtype": dtype, **(flags or {})},
+                         env={}, user_config=Path("/nonexistent/imp.toml"))
 
 
-def compare_devices(path: Path, *, prompt_len: int = 48, steps: int = 8, tol: float = 1e-3) -> dict[str, Any]:
+def compare_devices(path: Path, *, prompt_len: int = 48, steps: int = 8, tol: float = 1e-3,
+                    flags: dict | None = None) -> dict[str, Any]:
     """fp32 logits of imp on cpu vs cuda for the same checkpoint."""
     from imp_core.plugins import load_plugins
     from imp_core.runtime import load_session
@@ -54,7 +55,7 @@ def compare_devices(path: Path, *, prompt_len: int = 48, steps: int = 8, tol: fl
     out: dict[str, Any] = {}
     logits = {}
     for dev in ("cpu", "cuda"):
-        s = load_session(path, _settings(dev, "float32"), plugins, progress=False)
+        s = load_session(path, _settings(dev, "float32", flags), plugins, progress=False)
         m = s.model
         g = torch.Generator().manual_seed(11)
         ids = torch.randint(3, s.inspection.info.vocab_size, (1, prompt_len), generator=g)
