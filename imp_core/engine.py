@@ -29,7 +29,8 @@ class GenerationStats:
     prompt_tokens: int = 0
     generated_tokens: int = 0
     prefill_seconds: float = 0.0
-    decode_seconds: float = 0.0
+    decode_seconds: float = 0.0  # excludes the one-time CUDA-graph capture
+    capture_seconds: float = 0.0
     finish_reason: str = ""
 
     @staticmethod
@@ -37,11 +38,13 @@ class GenerationStats:
         return f"{n / s:.1f}" if s > 0 and n > 0 else "-"
 
     def line(self) -> str:
-        # the first generated token comes from the prefill's logits; decode steps make the rest
-        decoded = max(self.generated_tokens - 1, 0)
+        # the first generated token comes from the prefill's logits and the step that captures
+        # the CUDA graph is timed apart, so neither counts towards the decode rate
+        decoded = max(self.generated_tokens - 1 - (1 if self.capture_seconds else 0), 0)
         return (f"prompt {self.prompt_tokens} tok, generated {self.generated_tokens} tok, "
                 f"prefill {self._rate(self.prompt_tokens, self.prefill_seconds)} tok/s, "
-                f"decode {self._rate(decoded, self.decode_seconds)} tok/s ({self.finish_reason})")
+                f"decode {self._rate(decoded, self.decode_seconds)} tok/s ({self.finish_reason})"
+                + (f", graph capture {self.capture_seconds * 1e3:.0f} ms" if self.capture_seconds else ""))
 
 
 def _sync(device: torch.device) -> None:
@@ -104,7 +107,7 @@ class Generator:
         token = sampler.sample(self.decode_step())
         self.token_buf.copy_(token.view(1, 1))
 
-    def _graphed_step(self, sampler) -> None:
+    def _graphed_step(self, sampler) -> float:
         """One decode step by graph replay; the first step for a sampler runs eagerly on a side
         stream (so lazily created handles and workspaces exist) and then captures the graph.
 
@@ -114,7 +117,8 @@ class Generator:
         entry = self._graphs.get(id(sampler))
         if entry is not None and entry[0] is sampler:
             entry[1].replay()
-            return
+            return 0.0
+        t0 = time.perf_counter()
         side = torch.cuda.Stream(self.device)
         side.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(side):
@@ -124,6 +128,8 @@ class Generator:
         with torch.cuda.graph(graph):
             self._eager_step(sampler)
         self._graphs[id(sampler)] = (sampler, graph)
+        torch.cuda.synchronize(self.device)
+        return time.perf_counter() - t0  # the warm-up step + capture, reported apart
 
     def generate(self, prompt_ids: list[int], sampler, *, max_tokens: int, eos_ids: Iterable[int],
                  on_token: Callable[[int], bool] | None = None) -> tuple[list[int], GenerationStats]:
@@ -134,7 +140,8 @@ class Generator:
         """
         stats = GenerationStats(prompt_tokens=len(prompt_ids))
         eos = set(eos_ids)
-        budget = min(max_tokens, self.context - self.length - len(prompt_ids))
+        # n tokens need n - 1 decode steps, each writing one cache entry
+        budget = min(max_tokens, self.context - self.length - len(prompt_ids) + 1)
         t0 = time.perf_counter()
         logits = self.prefill(prompt_ids)
         sampler.observe(torch.tensor([prompt_ids], dtype=torch.long, device=self.device))
@@ -156,13 +163,13 @@ class Generator:
                 stats.finish_reason = "max tokens" if budget == max_tokens else "context full"
                 break
             if self.cuda_graphs:
-                self._graphed_step(sampler)
+                stats.capture_seconds += self._graphed_step(sampler)
             else:
                 self._eager_step(sampler)
             self.length += 1
             tok = int(self.token_buf.item())
         # the last sampled token is not yet in the cache; it is fed on the next turn, if any
         _sync(self.device)
-        stats.decode_seconds = time.perf_counter() - t1
+        stats.decode_seconds = time.perf_counter() - t1 - stats.capture_seconds
         stats.generated_tokens = len(out)
         return out, stats
