@@ -19,6 +19,6 @@ pip_q() {
     grep -v -e "^WARNING: Location" -e "^$" <<<"$out" >&2 || true
 }
 if [ "${IMP_TORCH:-}" != "skip" ]; then
-    pip_q "${IMP_TORCH:-torch==2.13.0}"
+    pip_q "${IMP_TORCH:-torch==2.13.0}" numpy
 fi
-python -c "import torch" || { echo "torch failed to install" >&2; exit 1; }
+python -W ignore -c "import torch" || { echo "torch is not importable (set IMP_TORCH or install it)" >&2; exit 1; }
