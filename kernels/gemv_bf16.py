@@ -19,7 +19,7 @@ from imp_core.errors import QuantError
 from imp_kernels import ptx
 from imp_kernels.compat import cuda
 from imp_kernels.launch import device_jit, jit, launch, require_aligned
-from imp_kernels.mma_frag import store_out
+from imp_kernels.mma_frag import stash_frags, store_out, warp_sum
 
 __all__ = ["warmup", "gemv_bf16", "gemv_bf16_ref", "linear_bf16", "NUMBA_WINS"]
 
@@ -75,24 +75,14 @@ def _gemv_bf16_kernel(x32, m_rows, k, w32, n_rows, out, out_f32, res, has_res):
         xq, r0, r1, r2, r3 = px, p0, p1, p2, p3
         px, p0, p1, p2, p3 = nx, n0, n1, n2, n3
         kc = kn
-    red[warp * 256 + (g) * 8 + 2 * t] = a0
-    red[warp * 256 + (g) * 8 + 2 * t + 1] = a1
-    red[warp * 256 + (g + 8) * 8 + 2 * t] = a2
-    red[warp * 256 + (g + 8) * 8 + 2 * t + 1] = a3
-    red[warp * 256 + (16 + g) * 8 + 2 * t] = b0
-    red[warp * 256 + (16 + g) * 8 + 2 * t + 1] = b1
-    red[warp * 256 + (24 + g) * 8 + 2 * t] = b2
-    red[warp * 256 + (24 + g) * 8 + 2 * t + 1] = b3
+    stash_frags(red, warp, g, t, a0, a1, a2, a3, b0, b1, b2, b3)
     cuda.syncthreads()
     for idx in range(tid, 256, cuda.blockDim.x):
         r = idx >> 3
         m = idx & 7
         row = cuda.blockIdx.x * 32 + r
         if m < m_rows and row < n_rows:
-            a = np.float32(0.0)
-            for w in range(nwarps):
-                a += red[w * 256 + idx]
-            store_out(out, out_f32, res, has_res, m, n_rows, row, a)
+            store_out(out, out_f32, res, has_res, m, n_rows, row, warp_sum(red, idx, nwarps))
 
 
 def _block_warps(blocks: int, chunks: int) -> int:

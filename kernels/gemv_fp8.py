@@ -19,7 +19,7 @@ from imp_core.errors import QuantError
 from imp_kernels import ptx
 from imp_kernels.compat import cuda
 from imp_kernels.launch import device_jit, jit, launch, require_aligned
-from imp_kernels.mma_frag import load_x8_bf16, store_out, bf16x2_to_f16x2
+from imp_kernels.mma_frag import bf16x2_to_f16x2, load_x8_bf16, stash_frags, store_out, warp_sum
 from imp_kernels.repack import fp8_untile
 
 __all__ = ["warmup", "gemv_fp8", "gemv_fp8_ref"]
@@ -100,23 +100,14 @@ def _gemv_fp8_kernel(x32, m_rows, k, codes, kc_total, scale, mode, kb_total, out
         wa, wb, xq = pa, pb, px
         pa, pb, px = na, nb, nx
         kc = kn
-    red[warp * 256 + (g) * 8 + 2 * t] = a0
-    red[warp * 256 + (g) * 8 + 2 * t + 1] = a1
-    red[warp * 256 + (g + 8) * 8 + 2 * t] = a2
-    red[warp * 256 + (g + 8) * 8 + 2 * t + 1] = a3
-    red[warp * 256 + (16 + g) * 8 + 2 * t] = b0
-    red[warp * 256 + (16 + g) * 8 + 2 * t + 1] = b1
-    red[warp * 256 + (24 + g) * 8 + 2 * t] = b2
-    red[warp * 256 + (24 + g) * 8 + 2 * t + 1] = b3
+    stash_frags(red, warp, g, t, a0, a1, a2, a3, b0, b1, b2, b3)
     cuda.syncthreads()
     for idx in range(tid, 256, cuda.blockDim.x):
         r = idx >> 3
         m = idx & 7
         row = tile0 * 16 + r
         if m < m_rows and row < n_cols:
-            acc = np.float32(0.0)
-            for w in range(nwarps):
-                acc += red[w * 256 + idx]
+            acc = warp_sum(red, idx, nwarps)
             if mode == 0:
                 acc *= scale[0]
             elif mode == 1:

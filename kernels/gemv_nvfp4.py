@@ -19,7 +19,7 @@ from imp_core.errors import QuantError
 from imp_kernels import ptx
 from imp_kernels.compat import cuda
 from imp_kernels.launch import device_jit, jit, launch, require_aligned
-from imp_kernels.mma_frag import load_x16_raw, nvfp4_frags, store_out, x16_to_f16
+from imp_kernels.mma_frag import load_x16_raw, nvfp4_frags, stash_frags, store_out, warp_sum, x16_to_f16
 from imp_kernels.repack import nvfp4_tile, nvfp4_untile
 
 __all__ = ["warmup", "gemv_nvfp4", "gemv_nvfp4_ref", "nvfp4_block_warps", "MAX_WARPS"]
@@ -83,15 +83,7 @@ def _gemv_nvfp4_kernel(x32, m_rows, k, codes, scales, kc_total, gscale, out, n_c
         wa, wb, sa, sb, xa, xb = pa, pb, psa, psb, pxa, pxb
         pa, pb, psa, psb, pxa, pxb = na, nb, nsa, nsb, nxa, nxb
         kc += nwarps
-    base = warp * 256 + 2 * t
-    red[base + g * 8] = a0
-    red[base + g * 8 + 1] = a1
-    red[base + (g + 8) * 8] = a2
-    red[base + (g + 8) * 8 + 1] = a3
-    red[base + (16 + g) * 8] = b0
-    red[base + (16 + g) * 8 + 1] = b1
-    red[base + (24 + g) * 8] = b2
-    red[base + (24 + g) * 8 + 1] = b3
+    stash_frags(red, warp, g, t, a0, a1, a2, a3, b0, b1, b2, b3)
     cuda.syncthreads()
     mul = gscale[0] * np.float32(16384.0)
     for idx in range(tid, 256, cuda.blockDim.x):
@@ -99,10 +91,7 @@ def _gemv_nvfp4_kernel(x32, m_rows, k, codes, scales, kc_total, gscale, out, n_c
         m = idx & 7
         row = tile0 * 16 + r
         if m < m_rows and row < n_cols:
-            acc = np.float32(0.0)
-            for w in range(nwarps):
-                acc += red[w * 256 + idx]
-            store_out(out, out_f32, res, has_res, m, n_cols, row, acc * mul)
+            store_out(out, out_f32, res, has_res, m, n_cols, row, warp_sum(red, idx, nwarps) * mul)
 
 
 @jit

@@ -17,7 +17,7 @@ from imp_kernels import ptx
 from imp_kernels.launch import device_jit
 
 __all__ = ["bf16x2_to_f16x2", "load_x16_f16", "load_x16_raw", "x16_to_f16", "load_x8_f16", "load_x8_bf16", "nvfp4_frags",
-           "store_out"]
+           "store_out", "stash_frags", "warp_sum"]
 
 
 @device_jit(inline="always")
@@ -105,3 +105,27 @@ def store_out(out, out_f32, res, has_res, m, n_cols, row, val):
         out[i] = val
     else:
         out[i] = ptx.cvt_bf16_f32(np.float32(val))
+
+
+@device_jit(inline="always")
+def stash_frags(red, warp, g, t, a0, a1, a2, a3, b0, b1, b2, b3):
+    """Write one warp's two m16n8 accumulator tiles (32 weight rows x 8 activation rows) into
+    the flat shared buffer ``red`` laid out [warps, 32 rows, 8 cols]."""
+    base = warp * 256 + 2 * t
+    red[base + g * 8] = a0
+    red[base + g * 8 + 1] = a1
+    red[base + (g + 8) * 8] = a2
+    red[base + (g + 8) * 8 + 1] = a3
+    red[base + (16 + g) * 8] = b0
+    red[base + (16 + g) * 8 + 1] = b1
+    red[base + (24 + g) * 8] = b2
+    red[base + (24 + g) * 8 + 1] = b3
+
+
+@device_jit(inline="always")
+def warp_sum(red, idx, nwarps):
+    """Sum of entry ``idx`` of every warp's [32, 8] tile in ``red`` (after a block barrier)."""
+    acc = np.float32(0.0)
+    for w in range(nwarps):
+        acc += red[w * 256 + idx]
+    return acc

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import mmap
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -10,6 +11,22 @@ from typing import Any, Iterator
 import torch
 
 from imp_core.errors import CheckpointError
+
+
+class MappedFiles:
+    """One copy-on-write memory map per file, opened on first use: tensors can alias the map
+    without copying, and nothing imp does ever writes back to the file."""
+
+    def __init__(self) -> None:
+        self._maps: dict[Path, mmap.mmap] = {}
+
+    def _map(self, path: Path) -> mmap.mmap:
+        m = self._maps.get(path)
+        if m is None:
+            with path.open("rb") as f:
+                m = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+            self._maps[path] = m
+        return m
 
 
 @dataclass(frozen=True)

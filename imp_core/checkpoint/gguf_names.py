@@ -34,6 +34,14 @@ _BLK = re.compile(r"^blk\.(\d+)\.(.+)$")
 _LAYER = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
 
 
+# Top-level tensors every llama.cpp text architecture names the same way.
+COMMON_TOP = {
+    "token_embd.weight": "model.embed_tokens.weight",
+    "output_norm.weight": "model.norm.weight",
+    "output.weight": "lm_head.weight",
+}
+
+
 @dataclass(frozen=True)
 class GGUFNameTable:
     """GGUF <-> HF tensor names of one family (both directions)."""

@@ -12,7 +12,6 @@ tensor info, never from ``general.file_type``.
 
 from __future__ import annotations
 
-import mmap
 import re
 import warnings
 from pathlib import Path
@@ -21,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from imp_core.checkpoint.base import Checkpoint, TensorInfo
+from imp_core.checkpoint.base import Checkpoint, MappedFiles, TensorInfo
 from imp_core.errors import CheckpointError
 
 GGUF_MAGIC = b"GGUF"
@@ -107,19 +106,8 @@ def read_gguf_file(path: Path) -> tuple[dict[str, Any], dict[str, TensorInfo]]:
     return metadata, tensors
 
 
-class GGUFTensorReader:
+class GGUFTensorReader(MappedFiles):
     """Reads GGUF tensors through one copy-on-write memory map per file."""
-
-    def __init__(self) -> None:
-        self._maps: dict[Path, mmap.mmap] = {}
-
-    def _map(self, path: Path) -> mmap.mmap:
-        m = self._maps.get(path)
-        if m is None:
-            with path.open("rb") as f:
-                m = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
-            self._maps[path] = m
-        return m
 
     def read(self, info: TensorInfo) -> torch.Tensor:
         """The tensor as stored: typed for plain types, uint8 [..., bytes per row] for blocks."""

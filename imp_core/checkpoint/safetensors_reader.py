@@ -8,14 +8,13 @@ map, one tensor at a time.
 from __future__ import annotations
 
 import json
-import mmap
 import struct
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from imp_core.checkpoint.base import Checkpoint, TensorInfo
+from imp_core.checkpoint.base import Checkpoint, MappedFiles, TensorInfo
 from imp_core.errors import CheckpointError
 
 INDEX_NAME = "model.safetensors.index.json"
@@ -82,21 +81,8 @@ def scan_shard(path: Path) -> tuple[dict[str, TensorInfo], dict[str, Any]]:
     return out, meta
 
 
-class SafetensorsReader:
+class SafetensorsReader(MappedFiles):
     """Reads tensors through one memory map per shard (opened on first use)."""
-
-    def __init__(self) -> None:
-        self._maps: dict[Path, mmap.mmap] = {}
-
-    def _map(self, path: Path) -> mmap.mmap:
-        m = self._maps.get(path)
-        if m is None:
-            with path.open("rb") as f:
-                # Copy-on-write: tensors can alias the map without copying, and nothing we do
-                # ever writes back to the file.
-                m = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
-            self._maps[path] = m
-        return m
 
     def read(self, info: TensorInfo) -> torch.Tensor:
         torch_dtype, _ = DTYPES[info.dtype]

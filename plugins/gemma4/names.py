@@ -12,17 +12,12 @@ tensor of their own:
 
 from __future__ import annotations
 
-from imp_core.checkpoint.gguf_names import GGUFNameTable
+from imp_core.checkpoint.gguf_names import COMMON_TOP, GGUFNameTable
 
 GGUF_ARCHITECTURES = ("gemma4",)
 ROPE_FREQS = "model.rope_freqs"
 
-GGUF_TOP = {
-    "token_embd.weight": "model.embed_tokens.weight",
-    "output_norm.weight": "model.norm.weight",
-    "output.weight": "lm_head.weight",
-    "rope_freqs.weight": ROPE_FREQS,
-}
+GGUF_TOP = {**COMMON_TOP, "rope_freqs.weight": ROPE_FREQS}
 
 GGUF_BLOCK = {
     "attn_norm.weight": "input_layernorm.weight",

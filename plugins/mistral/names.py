@@ -7,15 +7,11 @@ llama3-style rope scaling, which this family refuses (config.py), so it is not m
 
 from __future__ import annotations
 
-from imp_core.checkpoint.gguf_names import GGUFNameTable
+from imp_core.checkpoint.gguf_names import COMMON_TOP, GGUFNameTable
 
 GGUF_ARCHITECTURES = ("llama", "mistral3")
 
-GGUF_TOP = {
-    "token_embd.weight": "model.embed_tokens.weight",
-    "output_norm.weight": "model.norm.weight",
-    "output.weight": "lm_head.weight",
-}
+GGUF_TOP = dict(COMMON_TOP)
 
 GGUF_BLOCK = {
     "attn_norm.weight": "input_layernorm.weight",

@@ -10,15 +10,11 @@ formats.md §6.7 and gguf's ``MODEL_TENSORS``. Names without an HF counterpart a
 
 from __future__ import annotations
 
-from imp_core.checkpoint.gguf_names import GGUFNameTable
+from imp_core.checkpoint.gguf_names import COMMON_TOP, GGUFNameTable
 
 GGUF_ARCHITECTURES = ("qwen35moe", "qwen35")
 
-GGUF_TOP = {
-    "token_embd.weight": "model.embed_tokens.weight",
-    "output_norm.weight": "model.norm.weight",
-    "output.weight": "lm_head.weight",
-}
+GGUF_TOP = dict(COMMON_TOP)
 
 GGUF_BLOCK = {
     "attn_norm.weight": "input_layernorm.weight",
