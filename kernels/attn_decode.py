@@ -1,7 +1,7 @@
 """Decode attention (one query token) over a bf16 KV cache on the tensor cores, split-K.
 
 ``attn_decode(q, k_cache, v_cache, slot_pos, pos, out, scale=..., window=None, ring=False,
-gate=None, plan=None)``: q [B, H, D], caches [B, Hkv, S, D] (``imp_core.cache.KVCache``
+gate=None, plan=None)``: q [B, H, D], caches [B, Hkv, S, D] (``imp_core.model.cache.KVCache``
 layout), ``slot_pos`` [S] int64 (-1 = empty; positions below 2^31), ``pos`` a [1] int64 device
 tensor. Key slot s is visible iff ``0 <= slot_pos[s] <= pos`` and, with a window W,
 ``slot_pos[s] > pos - W``. GQA: query head h reads kv head h // (H/Hkv), group sizes 1..8; D a

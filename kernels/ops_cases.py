@@ -19,7 +19,7 @@ import torch
 
 from imp_core.layers.attention import attend
 from imp_core.layers.rope import Rotary, default_inv_freq, proportional_inv_freq
-from imp_core.sampling import Sampler, SamplingParams, seed_row_keys
+from imp_core.run.sampling import Sampler, SamplingParams, seed_row_keys
 from imp_kernels import attn_decode as ad
 from imp_kernels import gdn_decode as gd
 from imp_kernels import rmsnorm as rn

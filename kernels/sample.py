@@ -1,4 +1,4 @@
-"""Token sampling on the device, reproducing ``imp_core.sampling.Sampler`` token for token.
+"""Token sampling on the device, reproducing ``imp_core.run.sampling.Sampler`` token for token.
 
 ``sample(logits, row_keys, step, tokens, plan=sample_plan(params, vocab, batch, device))``:
 logits [B, V'] fp32 or bf16 (V' >= vocab; padding columns ignored), ``row_keys`` [B, 1] int64
@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from imp_core.sampling import SamplingParams, uniform_noise
+from imp_core.run.sampling import SamplingParams, uniform_noise
 from imp_kernels import ptx
 from imp_kernels.compat import SIMULATOR, cuda
 from imp_kernels.launch import device_jit, jit, launch
@@ -64,7 +64,7 @@ def _hash32(x):
 
 @device_jit(inline="always")
 def _gumbel(row_key, step, eid):
-    """-log(-log(u)) for imp_core.sampling.uniform_noise's u of (row key, step, token id)."""
+    """-log(-log(u)) for imp_core.run.sampling.uniform_noise's u of (row key, step, token id)."""
     h = _hash32((int(row_key) ^ (int(step) & _M32)) & _M32)
     h = _hash32(h ^ int(eid))
     h = _hash32((h + 0x6D2B79F5) & _M32)

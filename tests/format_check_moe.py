@@ -8,9 +8,9 @@ from dataclasses import dataclass
 import torch
 from safetensors.torch import load_file
 
-from imp_core.plugins import load_plugins
-from imp_core.runtime import load_session
-from imp_core.settings import load_settings
+from imp_core.plugin.manager import load_plugins
+from imp_core.run.session import load_session
+from imp_core.settings.resolve import load_settings
 from tests.format_factory_moe import cached_fixture, load_hf
 
 PROMPT, DECODE, VOCAB = 24, 16, 512

@@ -34,9 +34,9 @@ def _rss() -> int:
 
 def measure(path: str, dequant: str) -> dict:
     """Load ``path`` in this process; return RSS growth figures (bytes)."""
-    from imp_core.plugins import load_plugins
-    from imp_core.runtime import load_session
-    from imp_core.settings import load_settings
+    from imp_core.plugin.manager import load_plugins
+    from imp_core.run.session import load_session
+    from imp_core.settings.resolve import load_settings
 
     resolved = load_settings(cli_flags={"runtime.device": "cpu", "runtime.dtype": "float32",
                                         "quant.dequant": dequant}, env={}, user_config=Path("/nonexistent.toml"))
@@ -46,7 +46,7 @@ def measure(path: str, dequant: str) -> dict:
     del warm
     import gc
 
-    from imp_core.phases import release_host_memory
+    from imp_core.model.phases import release_host_memory
 
     gc.collect()
     release_host_memory()

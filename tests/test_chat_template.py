@@ -7,9 +7,9 @@ from datetime import datetime
 
 import pytest
 
-from imp_core.chat_template import ChatTemplate, ChatTemplateError, render_chat_template
+from imp_core.text.chat_template import ChatTemplate, ChatTemplateError, render_chat_template
 from imp_core.errors import ImpError
-from imp_core.tokenizer import Tokenizer
+from imp_core.text.tokenizer import Tokenizer
 from tiny_tokenizer import write_tiny_tokenizer
 
 transformers = pytest.importorskip("transformers")

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from imp_core.engine import GenerationStats, Generator
+from imp_core.run.generator import GenerationStats, Generator
 from imp_core.errors import PromptTooLongError
-from imp_core.sampling import Sampler, SamplingParams
+from imp_core.run.sampling import Sampler, SamplingParams
 from tests.test_mistral_parity import _session
 from tests.mistral_factory import write_checkpoint
 

@@ -11,7 +11,7 @@ from safetensors.torch import load_file, save_file
 
 from imp_core.checkpoint.open import open_checkpoint
 from imp_core.errors import ImpError, QuantError
-from imp_core.quant_detect import detect_quant
+from imp_core.quant.detect.dispatch import detect_quant
 from tests.format_factory import cached_fixture
 
 EXPECTED = {  # format -> (producer, {format: count})

@@ -21,7 +21,7 @@ import torch
 from imp_core.checkpoint.open import open_checkpoint
 from imp_core.errors import CheckpointError
 from imp_core.quant import QTensor
-from imp_core.quant_detect import detect_quant
+from imp_core.quant.detect.dispatch import detect_quant
 from tests.format_check_moe import check_parity, info_section, prompt_and_steps, session
 from tests.format_factory_moe import FORMATS, cached_fixture
 
@@ -135,7 +135,7 @@ def test_rope_freqs_that_disagree_with_the_config_are_refused(tmp_path):
 
 
 def test_gguf_tokenizer_and_chat_template_match_the_hf_tokenizer():
-    from imp_core.tokenizer import Tokenizer
+    from imp_core.text.tokenizer import Tokenizer
 
     fx = cached_fixture(FAMILY, "gguf-q8_0")
     ours, ref = session(fx.path).tokenizer, Tokenizer.from_dir(fx.original)

@@ -13,10 +13,10 @@ from safetensors.torch import load_file
 from imp_core.checkpoint.gguf_names import llama_unpermute, permute_rows
 from imp_core.checkpoint.open import open_checkpoint
 from imp_core.errors import CheckpointError, ImpError, QuantError
-from imp_core.gguf_tokenizer import tokenizer_from_gguf
+from imp_core.text.gguf_tokenizer import tokenizer_from_gguf
 from imp_core.quant import QTensor, quantize_gguf
-from imp_core.quant_detect import detect_quant
-from imp_core.tokenizer import Tokenizer
+from imp_core.quant.detect.dispatch import detect_quant
+from imp_core.text.tokenizer import Tokenizer
 from tests.format_factory import cached_fixture, llama_permute, write_gguf
 from tests.test_formats_parity import session
 

@@ -14,9 +14,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from imp_core.plugins import load_plugins
-from imp_core.runtime import load_session
-from imp_core.settings import load_settings
+from imp_core.plugin.manager import load_plugins
+from imp_core.run.session import load_session
+from imp_core.settings.resolve import load_settings
 from tests.format_factory import FORMATS, cached_fixture
 from tests.mistral_factory import load_hf
 
@@ -117,8 +117,8 @@ def test_gguf_generation_with_its_own_tokenizer_matches_transformers():
     with torch.no_grad():
         ref = hf.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=12,
                           do_sample=False, eos_token_id=None, pad_token_id=0)
-    from imp_core.engine import Generator
-    from imp_core.sampling import Sampler, SamplingParams
+    from imp_core.run.generator import Generator
+    from imp_core.run.sampling import Sampler, SamplingParams
 
     sampler = Sampler(SamplingParams(temperature=0.0), vocab_size=512, device=torch.device("cpu"))
     ours, _ = Generator(s.model, context=128).generate(prompt, sampler, max_tokens=12, eos_ids=())

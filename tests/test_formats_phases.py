@@ -15,11 +15,11 @@ from compressed_tensors.quantization.utils import calculate_qparams, generate_gp
 from safetensors.torch import save_file
 
 from imp_core.checkpoint.open import open_checkpoint
-from imp_core.phases import AUTO_LOAD_FRACTION, PhasePipeline, choose_dequant, dense_bytes
-from imp_core.plan_types import PhaseDecision
+from imp_core.model.phases import AUTO_LOAD_FRACTION, PhasePipeline, choose_dequant, dense_bytes
+from imp_core.plugin.plan_types import PhaseDecision
 from imp_core.quant import QTensor
-from imp_core.quant_detect import detect_quant
-from imp_core.weights import WeightStore
+from imp_core.quant.detect.dispatch import detect_quant
+from imp_core.model.weights import WeightStore
 
 E, H, I = 4, 64, 32
 SCHEME = preset_name_to_scheme("NVFP4", ["Linear"])

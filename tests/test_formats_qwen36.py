@@ -19,7 +19,7 @@ import torch
 from imp_core.checkpoint.open import open_checkpoint
 from imp_core.errors import CheckpointError
 from imp_core.quant import QTensor
-from imp_core.quant_detect import detect_quant
+from imp_core.quant.detect.dispatch import detect_quant
 from tests.format_check_moe import check_parity, info_section, prompt_and_steps, session
 from tests.format_factory_moe import FORMATS, cached_fixture
 
@@ -126,7 +126,7 @@ def test_each_converter_transform_is_needed(monkeypatch, dropped):
 
 
 def test_gguf_tokenizer_and_chat_template_match_the_hf_tokenizer():
-    from imp_core.tokenizer import Tokenizer
+    from imp_core.text.tokenizer import Tokenizer
 
     fx = cached_fixture(FAMILY, "gguf-q4_k_m")
     ours, ref = session(fx.path).tokenizer, Tokenizer.from_dir(fx.original)
@@ -140,8 +140,8 @@ def test_gguf_tokenizer_and_chat_template_match_the_hf_tokenizer():
 
 
 def test_gguf_generation_with_its_own_tokenizer_matches_transformers():
-    from imp_core.engine import Generator
-    from imp_core.sampling import Sampler, SamplingParams
+    from imp_core.run.generator import Generator
+    from imp_core.run.sampling import Sampler, SamplingParams
     from tests.format_factory_moe import load_hf
 
     fx = cached_fixture(FAMILY, "gguf-q8_0")

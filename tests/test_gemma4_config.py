@@ -16,7 +16,7 @@ from imp_core.checkpoint.base import Checkpoint
 from imp_core.checkpoint.names import normalize_name
 from imp_core.checkpoint.open import open_checkpoint
 from imp_core.errors import CheckpointError, ImpError
-from imp_core.synthetic import SyntheticWeights
+from imp_core.model.synthetic import SyntheticWeights
 from imp_gemma4.config import FULL, SLIDING, load_config
 from imp_gemma4.family import Gemma4Family
 from imp_gemma4.presets import GEMMA_4_26B_A4B

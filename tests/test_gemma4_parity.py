@@ -27,12 +27,12 @@ import pytest
 import torch
 
 from imp_core.checkpoint.open import open_checkpoint
-from imp_core.engine import Generator
-from imp_core.plugins import load_plugins
-from imp_core.runtime import load_session
-from imp_core.sampling import Sampler, SamplingParams
-from imp_core.settings import load_settings
-from imp_core.weights import WeightStore
+from imp_core.run.generator import Generator
+from imp_core.plugin.manager import load_plugins
+from imp_core.run.session import load_session
+from imp_core.run.sampling import Sampler, SamplingParams
+from imp_core.settings.resolve import load_settings
+from imp_core.model.weights import WeightStore
 from imp_gemma4.family import Gemma4Family
 from tests.gemma4_factory import TEXT, load_hf, write_checkpoint
 

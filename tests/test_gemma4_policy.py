@@ -14,14 +14,16 @@ from pathlib import Path
 
 import pytest
 
-from imp_core import attention_backends, policy
-from imp_core.attention_backends import BackendSpec, register_backend
+from imp_core.plugin import attention_registry as attention_backends
+
+from imp_core.plugin import policy
+from imp_core.plugin.attention_registry import BackendSpec, register_backend
 from imp_core.errors import ConfigError
-from imp_core.info import describe_checkpoint
-from imp_core.plan_types import AttentionLayerSpec, PhaseDecision
-from imp_core.plugins import load_plugins
-from imp_core.runtime import inspect_checkpoint
-from imp_core.settings import Settings, load_settings
+from imp_core.cli.info import describe_checkpoint
+from imp_core.plugin.plan_types import AttentionLayerSpec, PhaseDecision
+from imp_core.plugin.manager import load_plugins
+from imp_core.run.session import inspect_checkpoint
+from imp_core.settings.resolve import Settings, load_settings
 from imp_gemma4.family import Gemma4Family
 from imp_gemma4.policy import NON_ATTENTION_ROLES, Gemma4AttentionLayerSpec, attention_backend, phase_decision
 from imp_gemma4.presets import GEMMA_4_26B_A4B

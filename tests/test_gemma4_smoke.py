@@ -30,9 +30,9 @@ def test_synthetic_fallback_checkpoint_is_a_faithful_gemma4_checkpoint(tmp_path)
     """The fallback (no transformers needed to write it) loads in imp and in transformers alike."""
     import transformers as tf
 
-    from imp_core.plugins import load_plugins
-    from imp_core.runtime import load_session
-    from imp_core.settings import load_settings
+    from imp_core.plugin.manager import load_plugins
+    from imp_core.run.session import load_session
+    from imp_core.settings.resolve import load_settings
     from tests.gemma4_factory import write_synthetic_checkpoint
 
     path = write_synthetic_checkpoint(tmp_path / "s", seed=3)

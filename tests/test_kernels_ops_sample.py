@@ -1,12 +1,12 @@
 """Sampling kernel (imp_kernels.sample) under the CUDA simulator: the same tokens as
-imp_core.sampling.Sampler for the same seed and logits, step after step."""
+imp_core.run.sampling.Sampler for the same seed and logits, step after step."""
 
 from kernels_sim import sim_skip  # noqa: I001  (must precede imp_kernels)
 
 import pytest
 import torch
 
-from imp_core.sampling import Sampler, SamplingParams, seed_row_keys, uniform_noise
+from imp_core.run.sampling import Sampler, SamplingParams, seed_row_keys, uniform_noise
 from imp_kernels.ops_common import KernelArgError
 from imp_kernels.sample import sample, sample_plan, sample_ref, supported
 

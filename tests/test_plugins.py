@@ -9,8 +9,8 @@ import types
 import pytest
 
 from imp_core.errors import ArchitectureError, PluginError
-from imp_core.hookspecs import hookimpl
-from imp_core.plugins import load_plugins
+from imp_core.plugin.hookspecs import hookimpl
+from imp_core.plugin.manager import load_plugins
 from tests.cli_util import assert_one_line_error, run_imp
 from tests.mistral_factory import write_checkpoint
 from tests.toy_plugin import ensure_toy_installed, write_toy_checkpoint
@@ -42,7 +42,7 @@ def _broken_site(tmp_path, *, fail_at: str):
         (site / "imp_broken.py").write_text("raise ImportError('needs libfoo, which is not installed')\n")
     else:
         (site / "imp_broken.py").write_text(textwrap.dedent("""
-            from imp_core.hookspecs import hookimpl
+            from imp_core.plugin.hookspecs import hookimpl
 
             @hookimpl
             def imp_register_architectures(register):

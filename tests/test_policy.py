@@ -7,13 +7,15 @@ from dataclasses import replace
 
 import pytest
 
-from imp_core import attention_backends, policy
-from imp_core.attention_backends import BackendSpec
+from imp_core.plugin import attention_registry as attention_backends
+
+from imp_core.plugin import policy
+from imp_core.plugin.attention_registry import BackendSpec
 from imp_core.errors import ConfigError, PluginError
-from imp_core.hookspecs import hookimpl
-from imp_core.plan_types import AttentionChoice, AttentionLayerSpec, ModelInfo, PhaseDecision, SettingOverride
-from imp_core.plugins import load_plugins
-from imp_core.settings import load_settings
+from imp_core.plugin.hookspecs import hookimpl
+from imp_core.plugin.plan_types import AttentionChoice, AttentionLayerSpec, ModelInfo, PhaseDecision, SettingOverride
+from imp_core.plugin.manager import load_plugins
+from imp_core.settings.resolve import load_settings
 
 
 def _settings(**flags):

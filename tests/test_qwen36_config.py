@@ -11,7 +11,7 @@ import torch
 from imp_core.checkpoint.base import Checkpoint
 from imp_core.checkpoint.names import normalize_name
 from imp_core.errors import CheckpointError
-from imp_core.synthetic import SyntheticWeights
+from imp_core.model.synthetic import SyntheticWeights
 from imp_qwen36.config import FULL, LINEAR, load_config
 from imp_qwen36.family import Qwen36Family, layer_pattern
 from imp_qwen36.presets import QWEN3_6_35B_A3B, QWEN3_6_MINI

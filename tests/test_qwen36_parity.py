@@ -17,11 +17,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from imp_core.engine import Generator
-from imp_core.plugins import load_plugins
-from imp_core.runtime import load_session
-from imp_core.sampling import Sampler, SamplingParams
-from imp_core.settings import load_settings
+from imp_core.run.generator import Generator
+from imp_core.plugin.manager import load_plugins
+from imp_core.run.session import load_session
+from imp_core.run.sampling import Sampler, SamplingParams
+from imp_core.settings.resolve import load_settings
 from tests.qwen36_factory import CHUNK, LAYOUTS, VOCAB, load_hf, write_checkpoint
 
 TOL = 1e-4

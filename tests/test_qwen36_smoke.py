@@ -28,9 +28,9 @@ def test_smoke_script_cpu_dry_run(tmp_path):
 
 def test_synthetic_fallback_checkpoint_loads_and_runs(tmp_path):
     from tests.gpu.smoke_qwen36 import decode_bytes, write_synthetic_checkpoint
-    from imp_core.plugins import load_plugins
-    from imp_core.runtime import load_session
-    from imp_core.settings import load_settings
+    from imp_core.plugin.manager import load_plugins
+    from imp_core.run.session import load_session
+    from imp_core.settings.resolve import load_settings
     from imp_qwen36.family import Qwen36Family
     from imp_qwen36.presets import QWEN3_6_35B_A3B
 

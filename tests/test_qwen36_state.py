@@ -14,8 +14,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from imp_core.engine import Generator
-from imp_core.sampling import Sampler, SamplingParams
+from imp_core.run.generator import Generator
+from imp_core.run.sampling import Sampler, SamplingParams
 from imp_qwen36.deltanet import DeltaNetState
 from tests.qwen36_factory import CHUNK, VOCAB, load_hf, write_checkpoint
 from tests.test_qwen36_parity import session

@@ -1,4 +1,4 @@
-"""Tests for imp_core.sampling: masks and penalty against numpy references, the sampler's
+"""Tests for imp_core.run.sampling: masks and penalty against numpy references, the sampler's
 determinism, its distribution (chi-square), the fast path against the pure masks, and the
 absence of host synchronisation in sample()/observe()."""
 
@@ -13,7 +13,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from imp_core.errors import ConfigError
-from imp_core.sampling import (
+from imp_core.run.sampling import (
     Sampler,
     SamplingParams,
     apply_repeat_penalty,

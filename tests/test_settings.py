@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from imp_core.errors import ConfigError
-from imp_core.settings import (
+from imp_core.settings.resolve import (
     ResolvedSettings,
     Settings,
     all_keys,

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from imp_core.chat_template import ChatTemplateError
+from imp_core.text.chat_template import ChatTemplateError
 from imp_core.errors import CheckpointError, ConfigError, ImpError
-from imp_core.stop import StopMatcher
-from imp_core.tokenizer import Tokenizer
+from imp_core.text.stop import StopMatcher
+from imp_core.text.tokenizer import Tokenizer
 from tiny_tokenizer import CORPUS, TINY_STYLES, build_tiny_backend, write_tiny_tokenizer
 
 transformers = pytest.importorskip("transformers")

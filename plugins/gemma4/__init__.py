@@ -5,7 +5,7 @@ the policy answers are pure functions in ``imp_gemma4.policy``. GGUF files of ll
 ``gemma4`` architecture load through the family's name table and metadata reader (names.py, gguf.py).
 """
 
-from imp_core.hookspecs import hookimpl
+from imp_core.plugin.hookspecs import hookimpl
 
 
 @hookimpl

@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from imp_core.checkpoint.base import Checkpoint
 from imp_core.errors import CheckpointError
-from imp_core.family import parse_config
+from imp_core.model.family import parse_config
 from imp_core.layers.rope import default_inv_freq, proportional_inv_freq
 
 SLIDING, FULL = "sliding_attention", "full_attention"

@@ -7,9 +7,10 @@ from typing import Callable
 import torch
 
 from imp_core.checkpoint.base import Checkpoint
-from imp_core.family import Family, parse_config
-from imp_core.plan_types import ModelInfo
-from imp_core.weights import WeightStore
+from imp_core.model.family import Family, parse_config
+from imp_core.plugin.plan_types import ModelInfo
+from imp_core.model.weights import WeightStore
+from imp_core.units import human_bytes
 from imp_gemma4.config import Gemma4Config, load_config
 from imp_gemma4.policy import FAMILY, Gemma4AttentionLayerSpec
 
@@ -18,12 +19,6 @@ def _itemsize(dtype: torch.dtype) -> int:
     return torch.empty(0, dtype=dtype).element_size()
 
 
-def _human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB"):
-        if n < 1024:
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GiB"
 
 
 class Gemma4Family(Family):
@@ -127,8 +122,8 @@ class Gemma4Family(Family):
                             f"{cfg.final_logit_softcapping if cfg.final_logit_softcapping else 'none'}"),
                  ("max context", str(cfg.max_position_embeddings))]
         bf16 = torch.bfloat16
-        rows.append(("kv cache (bf16)", f"{_human(self.cache_bytes_per_token(cfg, bf16))}/token in {len(full)} "
-                                        f"global layers + {_human(self.sliding_cache_bytes(cfg, bf16))} fixed in "
+        rows.append(("kv cache (bf16)", f"{human_bytes(self.cache_bytes_per_token(cfg, bf16))}/token in {len(full)} "
+                                        f"global layers + {human_bytes(self.sliding_cache_bytes(cfg, bf16))} fixed in "
                                         f"{len(sliding)} sliding rings (the window's worth)"))
         return rows
 

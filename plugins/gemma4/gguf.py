@@ -139,7 +139,7 @@ def gemma4_tokenizer(metadata: dict[str, Any], *, source: str):
     import tokenizers
     from tokenizers import decoders, models, normalizers
 
-    from imp_core.gguf_tokenizer import tokenizer_from_gguf
+    from imp_core.text.gguf_tokenizer import tokenizer_from_gguf
 
     tokens = metadata.get("tokenizer.ggml.tokens")
     merges = metadata.get("tokenizer.ggml.merges")

@@ -11,16 +11,17 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from imp_core.cache import KVCache
+from imp_core.model.cache import KVCache
 from imp_core.layers.attention import attend
 from imp_core.layers.linear import Linear, dense_weight
 from imp_core.layers.mlp import GatedMLP
 from imp_core.layers.moe import Experts, softmax_topk
 from imp_core.layers.norms import RMSNorm, rms_norm
 from imp_core.layers.rope import apply_rotary
-from imp_core.weights import WeightStore
+from imp_core.model.weights import WeightStore
 from imp_gemma4.config import Gemma4Config, Gemma4LayerConfig
-from imp_gemma4.loading import checked, load_experts, per_expert_scale
+from imp_core.model.loading import checked, load_experts
+from imp_gemma4.loading import per_expert_scale
 
 
 class Gemma4Attention:

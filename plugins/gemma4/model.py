@@ -16,16 +16,17 @@ from __future__ import annotations
 
 import torch
 
-from imp_core.cache import KVCache, LayerCaches
-from imp_core.family import CausalLM
+from imp_core.model.cache import KVCache, LayerCaches
+from imp_core.model.family import CausalLM
 from imp_core.layers.embedding import Embedding, LMHead
 from imp_core.layers.norms import RMSNorm
 from imp_core.layers.rope import Rotary
-from imp_core.plan_types import ModelInfo
-from imp_core.weights import WeightStore
+from imp_core.plugin.plan_types import ModelInfo
+from imp_core.model.weights import WeightStore
 from imp_gemma4.config import Gemma4Config, Gemma4LayerConfig
 from imp_gemma4.gguf import check_rope_freqs
-from imp_gemma4.layers import Gemma4DecoderLayer, checked
+from imp_core.model.loading import checked
+from imp_gemma4.layers import Gemma4DecoderLayer
 from imp_gemma4.names import ROPE_FREQS
 
 

@@ -20,10 +20,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Mapping
 
-from imp_core import attention_backends
-from imp_core.attention_backends import BackendSpec
+from imp_core.plugin import attention_registry as attention_backends
+from imp_core.plugin.attention_registry import BackendSpec
 from imp_core.errors import ConfigError
-from imp_core.plan_types import AttentionChoice, AttentionLayerSpec, ModelInfo, PhaseDecision
+from imp_core.plugin.plan_types import AttentionChoice, AttentionLayerSpec, ModelInfo, PhaseDecision
 
 FAMILY = "gemma4"
 #: tensor roles a pre-dequant phase can touch in a Gemma-4 layer stack

@@ -3,7 +3,7 @@
 Hook implementations only; the model is imported lazily through the registered builder.
 """
 
-from imp_core.hookspecs import hookimpl
+from imp_core.plugin.hookspecs import hookimpl
 
 
 @hookimpl

@@ -5,10 +5,10 @@ from __future__ import annotations
 import torch
 
 from imp_core.checkpoint.base import Checkpoint
-from imp_core.family import Family
-from imp_core.plan_types import AttentionLayerSpec, ModelInfo
-from imp_core.weights import WeightStore
-from imp_core.family import parse_config
+from imp_core.model.family import Family
+from imp_core.plugin.plan_types import AttentionLayerSpec, ModelInfo
+from imp_core.model.weights import WeightStore
+from imp_core.model.family import parse_config
 from imp_mistral.config import MistralConfig, load_config
 
 

@@ -4,31 +4,41 @@ from __future__ import annotations
 
 import torch
 
-from imp_core.cache import KVCache, LayerCaches
-from imp_core.family import CausalLM
+from imp_core.model.cache import KVCache, LayerCaches
+from imp_core.model.family import CausalLM
+from imp_core.model.loading import checked
 from imp_core.layers.attention import attend
 from imp_core.layers.embedding import Embedding, LMHead
 from imp_core.layers.linear import Linear
 from imp_core.layers.mlp import GatedMLP
 from imp_core.layers.norms import RMSNorm
 from imp_core.layers.rope import Rotary, apply_rotary, default_inv_freq
-from imp_core.plan_types import ModelInfo
-from imp_core.weights import WeightStore
+from imp_core.plugin.plan_types import ModelInfo
+from imp_core.model.weights import WeightStore
 from imp_mistral.config import MistralConfig
 
 
 class MistralLayer:
     def __init__(self, cfg: MistralConfig, w: WeightStore, i: int) -> None:
         p = f"model.layers.{i}."
+        h, d, inter = cfg.hidden_size, cfg.head_dim, cfg.intermediate_size
+        q_rows, kv_rows = cfg.num_attention_heads * d, cfg.num_key_value_heads * d
+        attn_keys = "hidden_size, num_attention_heads, num_key_value_heads, head_dim"
+        mlp_keys = "hidden_size, intermediate_size"
+
+        def get(name: str, shape: tuple[int, ...], keys: str):
+            return checked(w, p + name, shape, keys=keys)
+
         norm = dict(eps=cfg.rms_norm_eps, mode="llama")
-        self.input_norm = RMSNorm(w.get(p + "input_layernorm.weight"), **norm)
-        self.post_norm = RMSNorm(w.get(p + "post_attention_layernorm.weight"), **norm)
-        self.q = Linear(w.get(p + "self_attn.q_proj.weight"))
-        self.k = Linear(w.get(p + "self_attn.k_proj.weight"))
-        self.v = Linear(w.get(p + "self_attn.v_proj.weight"))
-        self.o = Linear(w.get(p + "self_attn.o_proj.weight"))
-        self.mlp = GatedMLP(Linear(w.get(p + "mlp.gate_proj.weight")), Linear(w.get(p + "mlp.up_proj.weight")),
-                            Linear(w.get(p + "mlp.down_proj.weight")), cfg.hidden_act)
+        self.input_norm = RMSNorm(get("input_layernorm.weight", (h,), "hidden_size"), **norm)
+        self.post_norm = RMSNorm(get("post_attention_layernorm.weight", (h,), "hidden_size"), **norm)
+        self.q = Linear(get("self_attn.q_proj.weight", (q_rows, h), attn_keys))
+        self.k = Linear(get("self_attn.k_proj.weight", (kv_rows, h), attn_keys))
+        self.v = Linear(get("self_attn.v_proj.weight", (kv_rows, h), attn_keys))
+        self.o = Linear(get("self_attn.o_proj.weight", (h, q_rows), attn_keys))
+        self.mlp = GatedMLP(Linear(get("mlp.gate_proj.weight", (inter, h), mlp_keys)),
+                            Linear(get("mlp.up_proj.weight", (inter, h), mlp_keys)),
+                            Linear(get("mlp.down_proj.weight", (h, inter), mlp_keys)), cfg.hidden_act)
         self.h, self.hkv, self.d = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
         self.scale = cfg.head_dim ** -0.5
         self.window = cfg.sliding_window
@@ -52,10 +62,12 @@ class MistralModel(CausalLM):
     def __init__(self, cfg: MistralConfig, w: WeightStore, info: ModelInfo) -> None:
         self.cfg, self.info = cfg, info
         self.device, self.dtype = w.device, w.dtype
-        self.embed = Embedding(w.get("model.embed_tokens.weight"))
+        vh, vh_keys = (cfg.vocab_size, cfg.hidden_size), "vocab_size, hidden_size"
+        self.embed = Embedding(checked(w, "model.embed_tokens.weight", vh, keys=vh_keys))
         self.layers = [MistralLayer(cfg, w, i) for i in range(cfg.num_hidden_layers)]
-        self.norm = RMSNorm(w.get("model.norm.weight"), cfg.rms_norm_eps, mode="llama")
-        head = w.get("lm_head.weight") if "lm_head.weight" in w else self.embed.weight
+        self.norm = RMSNorm(checked(w, "model.norm.weight", (cfg.hidden_size,), keys="hidden_size"),
+                            cfg.rms_norm_eps, mode="llama")
+        head = checked(w, "lm_head.weight", vh, keys=vh_keys) if "lm_head.weight" in w else self.embed.weight
         self.lm_head = LMHead(head)
         self.rotary = Rotary(default_inv_freq(cfg.rope_theta, cfg.head_dim)).to(self.device)
         self.attention_backends = ["sdpa"] * cfg.num_hidden_layers

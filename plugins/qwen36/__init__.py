@@ -6,7 +6,7 @@ files of llama.cpp's ``qwen35moe`` (and the dense ``qwen35``) architecture load 
 family's name table and converter transforms (names.py, gguf.py).
 """
 
-from imp_core.hookspecs import hookimpl
+from imp_core.plugin.hookspecs import hookimpl
 
 
 @hookimpl

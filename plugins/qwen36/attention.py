@@ -12,13 +12,13 @@ from typing import Any
 
 import torch
 
-from imp_core.cache import KVCache
+from imp_core.model.cache import KVCache
 from imp_core.layers.attention import attend
 from imp_core.layers.linear import Linear
 from imp_core.layers.norms import RMSNorm
 from imp_core.layers.rope import apply_rotary
 from imp_qwen36.config import Qwen36Config
-from imp_qwen36.loading import get
+from imp_core.model.loading import checked
 
 
 def zero_centred_norm(weight: torch.Tensor, eps: float) -> RMSNorm:
@@ -39,15 +39,15 @@ class GatedAttention:
         p = prefix + "self_attn."
 
         def linear(name: str, out: int, inp: int) -> Linear:
-            bias = get(w, p + name + ".bias", (out,)) if cfg.attention_bias else None
-            return Linear(get(w, p + name + ".weight", (out, inp)), bias)
+            bias = checked(w, p + name + ".bias", (out,)) if cfg.attention_bias else None
+            return Linear(checked(w, p + name + ".weight", (out, inp)), bias)
 
         self.q = linear("q_proj", 2 * h * d, hid)
         self.k = linear("k_proj", hkv * d, hid)
         self.v = linear("v_proj", hkv * d, hid)
         self.o = linear("o_proj", hid, h * d)
-        self.q_norm = zero_centred_norm(get(w, p + "q_norm.weight", (d,)), cfg.rms_norm_eps)
-        self.k_norm = zero_centred_norm(get(w, p + "k_norm.weight", (d,)), cfg.rms_norm_eps)
+        self.q_norm = zero_centred_norm(checked(w, p + "q_norm.weight", (d,)), cfg.rms_norm_eps)
+        self.k_norm = zero_centred_norm(checked(w, p + "k_norm.weight", (d,)), cfg.rms_norm_eps)
         self.h, self.hkv, self.d = h, hkv, d
         self.scale = d ** -0.5
 

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from imp_core.checkpoint.base import Checkpoint
 from imp_core.errors import CheckpointError
-from imp_core.family import parse_config
+from imp_core.model.family import parse_config
 
 LINEAR, FULL = "linear_attention", "full_attention"
 MOE_MODEL_TYPES = ("qwen3_5_moe", "qwen3_5_moe_text")

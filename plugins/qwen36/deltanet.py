@@ -21,7 +21,7 @@ from imp_core.layers.gated_delta import chunk_gated_delta_rule, gated_rms_norm, 
 from imp_core.layers.linear import Linear
 from imp_core.layers.mlp import activation
 from imp_qwen36.config import Qwen36Config
-from imp_qwen36.loading import get
+from imp_core.model.loading import checked
 
 
 class DeltaNetState:
@@ -56,20 +56,20 @@ class GatedDeltaNet:
         hid, hv = cfg.hidden_size, cfg.linear_num_value_heads
         self.key_dim, self.value_dim = cfg.linear_key_dim, cfg.linear_value_dim
         self.dk, self.dv = cfg.linear_key_head_dim, cfg.linear_value_head_dim
-        self.in_qkv = Linear(get(w, p + "in_proj_qkv.weight", (cfg.conv_dim, hid)))
-        self.in_z = Linear(get(w, p + "in_proj_z.weight", (self.value_dim, hid)))
-        self.in_b = Linear(get(w, p + "in_proj_b.weight", (hv, hid)))
-        self.in_a = Linear(get(w, p + "in_proj_a.weight", (hv, hid)))
-        conv = get(w, p + "conv1d.weight", (cfg.conv_dim, 1, cfg.linear_conv_kernel_dim))
+        self.in_qkv = Linear(checked(w, p + "in_proj_qkv.weight", (cfg.conv_dim, hid)))
+        self.in_z = Linear(checked(w, p + "in_proj_z.weight", (self.value_dim, hid)))
+        self.in_b = Linear(checked(w, p + "in_proj_b.weight", (hv, hid)))
+        self.in_a = Linear(checked(w, p + "in_proj_a.weight", (hv, hid)))
+        conv = checked(w, p + "conv1d.weight", (cfg.conv_dim, 1, cfg.linear_conv_kernel_dim))
         self.conv_weight = conv[:, 0, :]
         # cast to the model dtype as transformers does (the published files store these in fp32)
-        self.dt_bias = get(w, p + "dt_bias", (hv,))
+        self.dt_bias = checked(w, p + "dt_bias", (hv,))
         if p + "A" in w:  # GGUF stores the decay rate -exp(A_log) itself (ssm_a)
-            self.neg_a = get(w, p + "A", (hv,), dtype=torch.float32)
+            self.neg_a = checked(w, p + "A", (hv,), dtype=torch.float32)
         else:
-            self.neg_a = -get(w, p + "A_log", (hv,)).float().exp()
-        self.norm_weight = get(w, p + "norm.weight", (self.dv,))
-        self.out = Linear(get(w, p + "out_proj.weight", (hid, self.value_dim)))
+            self.neg_a = -checked(w, p + "A_log", (hv,)).float().exp()
+        self.norm_weight = checked(w, p + "norm.weight", (self.dv,))
+        self.out = Linear(checked(w, p + "out_proj.weight", (hid, self.value_dim)))
         self.eps = cfg.rms_norm_eps
         self.act = activation(cfg.hidden_act)
 

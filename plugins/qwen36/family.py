@@ -7,12 +7,12 @@ from typing import Any
 import torch
 
 from imp_core.checkpoint.base import Checkpoint
-from imp_core.family import Family
-from imp_core.plan_types import AttentionLayerSpec, ModelInfo
+from imp_core.model.family import Family
+from imp_core.plugin.plan_types import AttentionLayerSpec, ModelInfo
+from imp_core.units import DTYPES, human_bytes
 from imp_qwen36.config import FULL, Qwen36Config, config_from_dict, load_config
 from imp_qwen36.deltanet import state_bytes_per_sequence
 
-DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
 
 def layer_pattern(layer_types: tuple[str, ...]) -> str:
@@ -25,12 +25,6 @@ def layer_pattern(layer_types: tuple[str, ...]) -> str:
     return " ".join(letters)
 
 
-def _human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1024
-    return str(n)
 
 
 def _count(n: int, noun: str) -> str:
@@ -125,9 +119,9 @@ class Qwen36Family(Family):
             rows.append(("mlp", f"dense SwiGLU {cfg.intermediate_size}"))
         rows += [
             ("hidden / vocab", f"{cfg.hidden_size} / {cfg.vocab_size}"),
-            ("cache per token", f"{_human(self.cache_bytes_per_token(cfg, dtype))} "
+            ("cache per token", f"{human_bytes(self.cache_bytes_per_token(cfg, dtype))} "
                                 f"(K/V of {_count(n_full, 'full-attention layer')}, {dname})"),
-            ("cache per sequence", f"{_human(self.state_bytes_per_sequence(cfg, dtype))} "
+            ("cache per sequence", f"{human_bytes(self.state_bytes_per_sequence(cfg, dtype))} "
                                    f"(conv {dname} + recurrent fp32 state of {_count(n_lin, 'DeltaNet layer')})"),
             ("max context", str(cfg.max_position_embeddings)),
         ]

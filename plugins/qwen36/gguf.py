@@ -15,7 +15,7 @@ What the converter did, and what undoes it here:
   (``permute_rows``); the column permutation moves whole blocks when the head size is a multiple of
   the block (else the weight is dequantised, see ``permute_columns``);
 - the fused experts ``gate_up_proj`` were split into ``ffn_gate_exps`` / ``ffn_up_exps`` -> joined
-  by ``imp_qwen36.loading.load_experts``.
+  by ``imp_core.model.loading.load_experts``.
 Newer converters append the multi-token-prediction layer(s) as extra blocks and say so in
 ``nextn_predict_layers``; those blocks are not part of the text model and are skipped.
 """

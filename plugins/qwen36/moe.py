@@ -17,26 +17,26 @@ from imp_core.layers.linear import Linear
 from imp_core.layers.mlp import GatedMLP
 from imp_core.layers.moe import Experts, softmax_topk
 from imp_qwen36.config import Qwen36Config
-from imp_qwen36.loading import get, load_experts
+from imp_core.model.loading import checked, load_experts
 
 
 def _swiglu(cfg: Qwen36Config, w: Any, prefix: str, inter: int) -> GatedMLP:
     h = cfg.hidden_size
-    return GatedMLP(Linear(get(w, prefix + "gate_proj.weight", (inter, h))),
-                    Linear(get(w, prefix + "up_proj.weight", (inter, h))),
-                    Linear(get(w, prefix + "down_proj.weight", (h, inter))), cfg.hidden_act)
+    return GatedMLP(Linear(checked(w, prefix + "gate_proj.weight", (inter, h))),
+                    Linear(checked(w, prefix + "up_proj.weight", (inter, h))),
+                    Linear(checked(w, prefix + "down_proj.weight", (h, inter))), cfg.hidden_act)
 
 
 class SparseMoE:
     def __init__(self, cfg: Qwen36Config, w: Any, prefix: str) -> None:
         p = prefix + "mlp."
         h = cfg.hidden_size
-        self.router = Linear(get(w, p + "gate.weight", (cfg.num_experts, h)))
+        self.router = Linear(checked(w, p + "gate.weight", (cfg.num_experts, h)))
         gate_up, down = load_experts(w, p, cfg.num_experts, h, cfg.moe_intermediate_size)
         self.experts = Experts(gate_up, down, cfg.hidden_act)
         self.top_k = cfg.num_experts_per_tok
         self.shared = _swiglu(cfg, w, p + "shared_expert.", cfg.shared_expert_intermediate_size)
-        self.shared_gate = Linear(get(w, p + "shared_expert_gate.weight", (1, h)))
+        self.shared_gate = Linear(checked(w, p + "shared_expert_gate.weight", (1, h)))
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape

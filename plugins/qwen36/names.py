@@ -3,7 +3,7 @@
 formats.md §6.7 and gguf's ``MODEL_TENSORS``. Names without an HF counterpart are imp's own:
 - ``ffn_gate_exps`` / ``ffn_up_exps`` are the two halves of HF's fused ``mlp.experts.gate_up_proj``
   (the converter splits it); they load as ``mlp.experts.gate_proj`` / ``mlp.experts.up_proj``
-  ([E, I, H] each) and ``imp_qwen36.loading`` joins them again (gate rows first);
+  ([E, I, H] each) and ``imp_core.model.loading.load_experts`` joins them again (gate rows first);
 - ``ssm_a`` holds ``-exp(A_log)`` (the converter's transform); it loads as ``linear_attn.A`` and
   the DeltaNet uses it as the decay rate directly, so no log/exp round trip changes its bits.
 """

@@ -32,11 +32,11 @@ def tiny_checkpoints(tmp: Path) -> dict[str, Path]:
 
 
 def same_tokens(path: Path) -> dict:
-    from imp_core.engine import Generator
-    from imp_core.plugins import load_plugins
-    from imp_core.runtime import load_session
-    from imp_core.sampling import Sampler, SamplingParams
-    from imp_core.settings import load_settings
+    from imp_core.run.generator import Generator
+    from imp_core.plugin.manager import load_plugins
+    from imp_core.run.session import load_session
+    from imp_core.run.sampling import Sampler, SamplingParams
+    from imp_core.settings.resolve import load_settings
 
     resolved = load_settings(cli_flags={"runtime.device": "cuda", "runtime.dtype": "float32"}, env={},
                              user_config=Path("/nonexistent.toml"))
@@ -56,9 +56,9 @@ def same_tokens(path: Path) -> dict:
 
 
 def full_shape(family_name: str, family, preset: dict, prefill: int = 512, decode: int = 64) -> dict:
-    from imp_core.engine import Generator
-    from imp_core.sampling import Sampler, SamplingParams
-    from imp_core.synthetic import SyntheticWeights
+    from imp_core.run.generator import Generator
+    from imp_core.run.sampling import Sampler, SamplingParams
+    from imp_core.model.synthetic import SyntheticWeights
 
     cfg = family.config_from_dict(preset)
     w = SyntheticWeights(family.synthetic_spec(cfg), device=torch.device("cuda"), dtype=torch.bfloat16,

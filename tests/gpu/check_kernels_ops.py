@@ -6,7 +6,7 @@
 Every case of ``imp_kernels.ops_cases`` (RMSNorm, fused norm+RoPE+KV write, decode attention at
 contexts 512/4096/32768, the Gated DeltaNet step, the routers, sampling at V=248320/262144) is
 run on fresh random inputs with its pure outputs poisoned first; then the sampling kernel is
-compared with ``imp_core.sampling.Sampler`` over several consecutive steps. Prints a pass/fail
+compared with ``imp_core.run.sampling.Sampler`` over several consecutive steps. Prints a pass/fail
 table (the last lines of the output) and exits non-zero if anything failed.
 """
 
@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     if not a.tiny and not gpu_available():
         print("no CUDA device: run with --tiny for the simulator", file=sys.stderr)
         return 2
-    from imp_core.sampling import Sampler
+    from imp_core.run.sampling import Sampler
     from imp_kernels.ops_cases import all_cases, run_check
 
     device = "cpu" if a.tiny else "cuda"

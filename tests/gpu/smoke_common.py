@@ -39,7 +39,7 @@ def measure_copy_bandwidth(nbytes: int = 2 << 30) -> float:
 
 
 def _settings(device: str, dtype: str, flags: dict | None = None):
-    from imp_core.settings import load_settings
+    from imp_core.settings.resolve import load_settings
 
     return load_settings(cli_flags={"runtime.device": device, "runtime.dtype": dtype, **(flags or {})},
                          env={}, user_config=Path("/nonexistent/imp.toml"))
@@ -48,8 +48,8 @@ def _settings(device: str, dtype: str, flags: dict | None = None):
 def compare_devices(path: Path, *, prompt_len: int = 48, steps: int = 8, tol: float = 1e-3,
                     flags: dict | None = None) -> dict[str, Any]:
     """fp32 logits of imp on cpu vs cuda for the same checkpoint."""
-    from imp_core.plugins import load_plugins
-    from imp_core.runtime import load_session
+    from imp_core.plugin.manager import load_plugins
+    from imp_core.run.session import load_session
 
     plugins = load_plugins(env={})
     out: dict[str, Any] = {}
@@ -76,9 +76,9 @@ def compare_devices(path: Path, *, prompt_len: int = 48, steps: int = 8, tol: fl
 def full_shape_smoke(family: Any, preset: dict, *, prefill: int = 512, decode: int = 32,
                      active_bytes_per_token: int | None = None, seed: int = 0) -> dict[str, Any]:
     """Random bf16 weights at a real shape on cuda; time prefill and greedy decode."""
-    from imp_core.engine import Generator
-    from imp_core.sampling import Sampler, SamplingParams
-    from imp_core.synthetic import SyntheticWeights
+    from imp_core.run.generator import Generator
+    from imp_core.run.sampling import Sampler, SamplingParams
+    from imp_core.model.synthetic import SyntheticWeights
 
     cfg = family.config_from_dict(preset)
     spec = family.synthetic_spec(cfg)

@@ -57,9 +57,9 @@ def tiny_checkpoint(dest: Path) -> tuple[Path, str]:
 
 
 def _load(path: Path, device: str):
-    from imp_core.plugins import load_plugins
-    from imp_core.runtime import load_session
-    from imp_core.settings import load_settings
+    from imp_core.plugin.manager import load_plugins
+    from imp_core.run.session import load_session
+    from imp_core.settings.resolve import load_settings
 
     resolved = load_settings(cli_flags={"runtime.device": device, "runtime.dtype": "float32"}, env={},
                              user_config=Path("/nonexistent/imp.toml"))
@@ -146,9 +146,9 @@ def decode_bytes(family, cfg, spec: dict, dtype: torch.dtype, context: int) -> d
 
 def full_shape(preset: dict, device: str, dtype: torch.dtype, *, prefill: int, decode: int,
                seed: int = 0) -> dict[str, Any]:
-    from imp_core.engine import Generator
-    from imp_core.sampling import Sampler, SamplingParams
-    from imp_core.synthetic import SyntheticWeights
+    from imp_core.run.generator import Generator
+    from imp_core.run.sampling import Sampler, SamplingParams
+    from imp_core.model.synthetic import SyntheticWeights
     from imp_gemma4.family import Gemma4Family
 
     dev = torch.device(device)

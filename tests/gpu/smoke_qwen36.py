@@ -43,7 +43,7 @@ def write_synthetic_checkpoint(dest: Path) -> Path:
     (norms, A_log and dt_bias randomised) saved under the published names."""
     from safetensors.torch import save_file
 
-    from imp_core.synthetic import SyntheticWeights
+    from imp_core.model.synthetic import SyntheticWeights
     from imp_qwen36.family import Qwen36Family
     from tests.qwen36_factory import MOE, TEXT
     from tests.tiny_tokenizer import write_tiny_tokenizer
@@ -89,9 +89,9 @@ def tiny_checkpoint(dest: Path) -> tuple[Path, str]:
 def compare_devices(path: Path, devices: tuple[str, str], *, prompt_len: int = 100, steps: int = 8,
                     tol: float = 1e-3) -> dict[str, Any]:
     """fp32 logits of imp on two devices for the same checkpoint (decode follows device 0's argmax)."""
-    from imp_core.plugins import load_plugins
-    from imp_core.runtime import load_session
-    from imp_core.settings import load_settings
+    from imp_core.plugin.manager import load_plugins
+    from imp_core.run.session import load_session
+    from imp_core.settings.resolve import load_settings
 
     plugins = load_plugins(env={})
     rows: dict[str, list[torch.Tensor]] = {}
@@ -141,9 +141,9 @@ def decode_bytes(family, cfg, spec: dict, dtype: torch.dtype, context: int) -> d
 
 def full_shape(preset: dict, device: str, dtype: torch.dtype, *, prefill: int, decode: int,
                seed: int = 0) -> dict[str, Any]:
-    from imp_core.engine import Generator
-    from imp_core.sampling import Sampler, SamplingParams
-    from imp_core.synthetic import SyntheticWeights
+    from imp_core.run.generator import Generator
+    from imp_core.run.sampling import Sampler, SamplingParams
+    from imp_core.model.synthetic import SyntheticWeights
     from imp_qwen36.family import Qwen36Family
 
     dev = torch.device(device)

@@ -1,6 +1,6 @@
 """A toy imp plugin: claims the architecture ``ToyForCausalLM`` (model_type ``toy``)."""
 
-from imp_core.hookspecs import hookimpl
+from imp_core.plugin.hookspecs import hookimpl
 
 
 @hookimpl

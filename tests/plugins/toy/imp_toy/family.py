@@ -7,12 +7,12 @@ without touching imp's core.
 import torch
 from pydantic import BaseModel
 
-from imp_core.family import CausalLM, Family, parse_config
+from imp_core.model.family import CausalLM, Family, parse_config
 from imp_core.layers.embedding import Embedding, LMHead
 from imp_core.layers.linear import Linear
 from imp_core.layers.mlp import GatedMLP
 from imp_core.layers.norms import RMSNorm
-from imp_core.plan_types import ModelInfo
+from imp_core.plugin.plan_types import ModelInfo
 
 
 class ToyConfig(BaseModel):

@@ -1,0 +1,3 @@
+from imp_core.cli.app import main
+
+main()

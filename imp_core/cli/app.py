@@ -1,0 +1,144 @@
+"""The `imp` command line: run, info, plugins, config show."""
+
+from __future__ import annotations
+
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, List, Optional
+
+import typer
+
+from imp_core.errors import ImpError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="imp: run large language models from their published checkpoints.")
+config_app = typer.Typer(add_completion=False, no_args_is_help=True, help="Inspect settings.")
+app.add_typer(config_app, name="config")
+
+ModelOpt = typer.Option(..., "--model", "-m", help="checkpoint directory (config.json + *.safetensors) or .gguf file")
+ConfigOpt = typer.Option(None, "--config", help="settings file (TOML), above ./imp.toml and the user file")
+SetOpt = typer.Option(None, "--set", help="override one setting: section.key=value (repeatable)")
+VerboseOpt = typer.Option(False, "--verbose", "-v", help="debug logging")
+QuietOpt = typer.Option(False, "--quiet", "-q", help="warnings and errors only")
+LogFileOpt = typer.Option(None, "--log-file", help="also write a debug log to this file")
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn an ImpError into one line on stderr and a non-zero exit, with no traceback."""
+    try:
+        yield
+    except ImpError as exc:
+        sys.stdout.flush()
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(exc.exit_code) from None
+    except KeyboardInterrupt:
+        typer.echo("\ninterrupted", err=True)
+        raise typer.Exit(130) from None
+
+
+def _settings(config: Optional[Path], set_items: Optional[List[str]], flags: dict, *,
+              verbose: bool = False, quiet: bool = False, log_file: Optional[Path] = None):
+    from imp_core.logging import setup_logging
+    from imp_core.settings.resolve import load_settings
+
+    resolved = load_settings(config_file=config, set_items=set_items or (), cli_flags=flags)
+    log = resolved.settings.logging
+    setup_logging(log.level, log_file or log.file, verbose=verbose, quiet=quiet)
+    return resolved
+
+
+def _plugins():
+    from imp_core.plugin.manager import load_plugins
+
+    return load_plugins()
+
+
+def _read_prompt(prompt: Optional[str]) -> str:
+    if prompt is not None:
+        return prompt
+    if not sys.stdin.isatty():
+        text = sys.stdin.read()
+        if text.strip():
+            return text
+    raise ImpError("no prompt: pass --prompt TEXT or pipe the prompt on stdin")
+
+
+@app.command()
+def run(
+    model: Path = ModelOpt,
+    prompt: Optional[str] = typer.Option(None, "--prompt", "-p", help="the prompt (default: read stdin)"),
+    max_tokens: Optional[int] = typer.Option(None, "--max-tokens", "-n", help="tokens to generate"),
+    temperature: Optional[float] = typer.Option(None, "--temperature", help="0 = greedy"),
+    top_k: Optional[int] = typer.Option(None, "--top-k"),
+    top_p: Optional[float] = typer.Option(None, "--top-p"),
+    min_p: Optional[float] = typer.Option(None, "--min-p"),
+    repeat_penalty: Optional[float] = typer.Option(None, "--repeat-penalty"),
+    seed: Optional[int] = typer.Option(None, "--seed", help="same seed, same output"),
+    stop: Optional[List[str]] = typer.Option(None, "--stop", help="stop string (repeatable)"),
+    chat: Optional[bool] = typer.Option(None, "--chat/--raw", help="apply the chat template (default when the checkpoint has one) or send the prompt as is"),
+    device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda or cuda:N"),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="auto, bfloat16, float16 or float32"),
+    context: Optional[int] = typer.Option(None, "--context", help="context length in tokens (0 = auto)"),
+    config: Optional[Path] = ConfigOpt,
+    set_items: Optional[List[str]] = SetOpt,
+    verbose: bool = VerboseOpt,
+    quiet: bool = QuietOpt,
+    log_file: Optional[Path] = LogFileOpt,
+) -> None:
+    """Generate text from a prompt, streaming it to stdout."""
+    with user_errors():
+        flags = {"runtime.max_tokens": max_tokens, "sampling.temperature": temperature,
+                 "sampling.top_k": top_k, "sampling.top_p": top_p, "sampling.min_p": min_p,
+                 "sampling.repeat_penalty": repeat_penalty, "sampling.seed": seed,
+                 "runtime.chat": chat, "runtime.device": device, "runtime.dtype": dtype,
+                 "runtime.context": context}
+        resolved = _settings(config, set_items, flags, verbose=verbose, quiet=quiet, log_file=log_file)
+        text = _read_prompt(prompt)
+        from imp_core.cli.run_command import run_prompt
+
+        stats = run_prompt(model, text, resolved, _plugins(), stop=stop or [], out=sys.stdout)
+        if not quiet:
+            typer.echo(stats.line(), err=True)
+
+
+@app.command()
+def info(
+    model: Path = ModelOpt,
+    device: Optional[str] = typer.Option(None, "--device"),
+    dtype: Optional[str] = typer.Option(None, "--dtype"),
+    config: Optional[Path] = ConfigOpt,
+    set_items: Optional[List[str]] = SetOpt,
+    verbose: bool = VerboseOpt,
+) -> None:
+    """Describe a checkpoint and what a run would do (reads no weights)."""
+    with user_errors():
+        resolved = _settings(config, set_items, {"runtime.device": device, "runtime.dtype": dtype},
+                             verbose=verbose, quiet=True)
+        from imp_core.cli.info import describe_checkpoint
+
+        typer.echo(describe_checkpoint(model, resolved, _plugins()))
+
+
+@app.command()
+def plugins(verbose: bool = VerboseOpt) -> None:
+    """List installed plugins, the architectures they claim and where they come from."""
+    with user_errors():
+        _settings(None, None, {}, verbose=verbose, quiet=not verbose)
+        from imp_core.cli.info import describe_plugins
+
+        typer.echo(describe_plugins(_plugins()))
+
+
+@config_app.command("show")
+def config_show(config: Optional[Path] = ConfigOpt, set_items: Optional[List[str]] = SetOpt) -> None:
+    """Print the resolved settings and where each value came from."""
+    with user_errors():
+        resolved = _settings(config, set_items, {}, quiet=True)
+        typer.echo(resolved.show())
+
+
+def main() -> None:
+    app()
+

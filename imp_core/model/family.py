@@ -1,0 +1,118 @@
+"""What a family plugin's builder returns, and what the engine runs.
+
+A ``Family`` turns checkpoint metadata into the family's own config (a pydantic model), a
+family-neutral ``ModelInfo`` for the policy hooks, and a ``CausalLM`` built from a
+``WeightStore``. The core never looks inside the family config.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, Callable, TypeVar
+
+import torch
+from pydantic import BaseModel, ValidationError
+
+from imp_core.checkpoint.base import Checkpoint
+from imp_core.errors import CheckpointError
+from imp_core.plugin.plan_types import AttentionChoice, ModelInfo
+from imp_core.model.weights import WeightStore
+
+C = TypeVar("C", bound=BaseModel)
+
+
+def parse_config(model: type[C], data: dict[str, Any], source: str) -> C:
+    """Validate a family config; the error names the file and the first bad key."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = ".".join(str(p) for p in err.get("loc", ())) or "?"
+        raise CheckpointError(f"{source}: bad or missing config key '{key}': {err.get('msg')}") from None
+
+
+class CausalLM(ABC):
+    """A decoder-only model on the reference path."""
+
+    info: ModelInfo
+    device: torch.device
+    dtype: torch.dtype
+
+    @abstractmethod
+    def new_cache(self, batch: int, context: int) -> Any:
+        """Allocate every cache buffer for ``batch`` sequences of up to ``context`` tokens."""
+
+    @abstractmethod
+    def forward(self, ids: torch.Tensor, positions: torch.Tensor, cache: Any, *,
+                last_only: bool = False) -> torch.Tensor:
+        """ids [B, T] at ``positions`` [T] (device tensor) -> logits [B, T or 1, V] in fp32."""
+
+    def set_attention_backends(self, choices: list[AttentionChoice]) -> None:
+        """Install the per-attention-layer backend choices (in ``info.attention_layers`` order)."""
+        self.attention_backends = [c.backend for c in choices]
+
+    def reset_cache(self, cache: Any) -> None:
+        """Forget every cached token (buffers stay allocated)."""
+        cache.reset()
+
+
+class Family(ABC):
+    """A model family, as its plugin's builder returns it."""
+
+    name: str = ""
+    #: stored-name prefixes that are not part of the text model (e.g. "mtp.")
+    skip_prefixes: tuple[str, ...] = ()
+
+    @abstractmethod
+    def parse_config(self, checkpoint: Checkpoint) -> BaseModel:
+        """The family's config from config.json (or GGUF metadata)."""
+
+    @abstractmethod
+    def model_info(self, config: Any, checkpoint: Checkpoint) -> ModelInfo:
+        """The family-neutral summary the policy hooks see."""
+
+    @abstractmethod
+    def build(self, config: Any, weights: WeightStore) -> CausalLM:
+        """The model, its weights read from ``weights`` (every tensor must be used)."""
+
+    def rename(self, config: Any, checkpoint: Checkpoint) -> Callable[[str], str | None] | None:
+        """An extra stored-name -> model-name map (GGUF names), or None."""
+        return None
+
+    # -- GGUF (see imp_core.checkpoint.gguf_names; all optional) ---------------------------
+    def gguf_names(self) -> Any:
+        """The family's ``GGUFNameTable`` (GGUF <-> HF tensor names), or None: no GGUF support."""
+        return None
+
+    def config_from_gguf(self, metadata: dict[str, Any], tensors: dict[str, Any], *, where: str) -> dict[str, Any]:
+        """A config.json-like dict from GGUF metadata (``<arch>.*`` keys), parsed by parse_config."""
+        raise CheckpointError(f"{where}: family '{self.name}' cannot read GGUF metadata")
+
+    def gguf_transforms(self, config: Any, metadata: dict[str, Any]) -> dict[str, Callable[[Any], Any]]:
+        """Converter transforms to undo, keyed by HF name or per-layer suffix (see gguf_names)."""
+        return {}
+
+    def max_context(self, config: Any) -> int:
+        return int(getattr(config, "max_position_embeddings", 4096))
+
+    def cache_bytes_per_token(self, config: Any, dtype: torch.dtype) -> int:
+        """KV bytes one more token of context costs (for `imp info` and the memory plan)."""
+        return 0
+
+    def cache_bytes(self, config: Any, dtype: torch.dtype, context: int) -> int:
+        """Every cache byte one sequence of ``context`` tokens allocates (KV plus any fixed
+        per-sequence state such as sliding rings or recurrent states)."""
+        return self.cache_bytes_per_token(config, dtype) * context
+
+    def describe(self, config: Any) -> list[tuple[str, str]]:
+        """Lines for `imp info`: (label, value)."""
+        return []
+
+    def synthetic_spec(self, config: Any) -> dict[str, tuple[tuple[int, ...], str]]:
+        """Every tensor the model reads, by normalised name: (shape, init) for random weights
+        at the real shapes (benchmarks and full-size smoke runs; see imp_core.model.synthetic)."""
+        raise NotImplementedError(f"family '{self.name}' has no synthetic weight spec")
+
+    def config_from_dict(self, data: dict[str, Any]) -> Any:
+        """The family config from a config.json-like dict (e.g. a real-shape preset)."""
+        raise NotImplementedError(f"family '{self.name}' cannot parse a bare config dict")

@@ -1,0 +1,103 @@
+"""The plugin contract: every hook a plugin may implement.
+
+A plugin is a module (or object) with functions decorated by ``imp_core.plugin.hookspecs.hookimpl``
+and named exactly like a spec below; ``PluginManager.check_pending()`` turns a misspelled
+``imp_*`` hookimpl into an error. Built-in families are plugins loaded from the entry-point
+group ``imp.plugins``, exactly like third-party ones. The core's own defaults are registered
+as the plugin ``imp-core`` with ``trylast=True``, so any family plugin answers first.
+
+Calling order: pluggy calls implementations last-registered first; for ``firstresult`` hooks
+the first non-None answer wins.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable
+
+import pluggy
+
+if TYPE_CHECKING:  # pragma: no cover
+    from imp_core.checkpoint.base import Checkpoint
+    from imp_core.plugin.plan_types import (
+        ArchitectureSpec,
+        AttentionChoice,
+        AttentionLayerSpec,
+        ModelInfo,
+        PhaseDecision,
+        SettingOverride,
+    )
+    from imp_core.settings.resolve import Settings
+
+PROJECT = "imp"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+@hookspec
+def imp_register_architectures(register: Callable[..., "ArchitectureSpec"]) -> None:
+    """Register the architectures this plugin claims.
+
+    Called once, right after the plugins are loaded (every command). Not firstresult: every
+    plugin registers. Call ``register(family=..., builder="module:callable",
+    hf_architectures=[...], model_types=[...], gguf_architectures=[...])`` once per family.
+    Must be cheap: no heavy imports here; the builder is imported only when needed.
+    Returns nothing.
+    """
+
+
+@hookspec(firstresult=True)
+def imp_detect_quant(checkpoint: "Checkpoint", family: str) -> Any:
+    """Say how the checkpoint's weights are stored (a ``QuantPlan``), or None to pass.
+
+    Called once per run after the architecture is resolved, before any tensor bytes are read.
+    firstresult: a family plugin may claim a layout first (e.g. a family-specific expert
+    packing); the core's detectors are the ``imp-core`` plugin and answer last. Must be a pure
+    function of the checkpoint's metadata. Raise ``QuantError`` for a layout that is
+    recognised but incomplete or unsupported.
+    """
+
+
+@hookspec(firstresult=True)
+def imp_phase_policy(
+    phase: str, model: "ModelInfo", default: "PhaseDecision", settings: "Settings"
+) -> "PhaseDecision | None":
+    """Enable, skip or restrict one pre-dequant phase (``"0"``, ``"3a"``, ``"3b"``, ``"3-MoE"``).
+
+    Called once per phase per run, after quant detection and before any weight is processed.
+    ``default`` is the core's own decision for this phase. firstresult: return a
+    ``PhaseDecision`` (with a one-line reason) to override it, or None to accept it.
+    """
+
+
+@hookspec
+def imp_decode_fast_path(model: "ModelInfo", settings: "Settings") -> "list[str] | None":
+    """Reasons the decode fast path cannot run for this model, or an empty list / None.
+
+    Called once per run when the runtime is planned. Not firstresult: every plugin and the
+    core contribute; the fast path runs only if nobody gives a reason. This is the ONE
+    eligibility predicate; every reader uses its answer.
+    """
+
+
+@hookspec(firstresult=True)
+def imp_attention_backend(
+    layer: "AttentionLayerSpec", candidates: "list[str]", settings: "Settings"
+) -> "AttentionChoice | None":
+    """Choose the attention backend for one layer, or decline some candidates.
+
+    Called once per attention layer per run. ``candidates`` are the backends the core would
+    try, best first, already filtered by what each backend says it supports. firstresult:
+    return an ``AttentionChoice`` naming one of ``candidates`` (with the reason, e.g. that a
+    backend was declined for head_dim 512), or None to let the core take the first candidate.
+    Choosing a name outside ``candidates`` is a contract error.
+    """
+
+
+@hookspec
+def imp_adjust_settings(model: "ModelInfo", settings: "Settings") -> "list[SettingOverride] | None":
+    """Per-family defaults for settings keys.
+
+    Called once per run after the model config is parsed. Not firstresult: all overrides are
+    collected; each applies only if the user left that key at its default (so config files,
+    environment and flags always win), and each is logged with its reason.
+    """

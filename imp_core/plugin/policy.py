@@ -1,0 +1,160 @@
+"""Policy decisions: pure functions of model metadata, settings and the plugins' answers.
+
+Each function here is the core's default for one hook plus the walk that asks the plugins.
+They read no tensors and touch no device, so unit tests pin every decision; the run logs the
+answers once, in words, in the resolved plan.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from imp_core.plugin import attention_registry as attention_backends
+from imp_core.errors import ConfigError, PluginError
+from imp_core.plugin.plan_types import (
+    PHASES,
+    AttentionChoice,
+    AttentionLayerSpec,
+    ModelInfo,
+    PhaseDecision,
+    SettingOverride,
+)
+from imp_core.settings.resolve import ResolvedSettings, Settings
+
+PREQUANT_FORMATS = ("nvfp4", "fp8", "mxfp4")
+
+
+def _has_prequant(info: ModelInfo) -> bool:
+    return any(f.startswith(PREQUANT_FORMATS) or f.startswith("gguf:") for f in info.quant_formats)
+
+
+# -- phases ----------------------------------------------------------------------------
+def core_phase_decision(phase: str, info: ModelInfo, settings: Settings, device_type: str) -> PhaseDecision:
+    """The core's default for one pre-dequant phase."""
+    nvfp4 = any(f.startswith("nvfp4") for f in info.quant_formats)
+    fast = device_type == "cuda" and settings.runtime.fast_path != "off"
+    if phase == "0":
+        if _has_prequant(info):
+            return PhaseDecision("0", True, "prequantized weights: attach scales to their packed tensors")
+        return PhaseDecision("0", False, "no prequantized weights")
+    if phase == "3a":
+        if nvfp4:
+            return PhaseDecision("3a", False, "weights are already NVFP4")
+        return PhaseDecision("3a", False, "no NVFP4 decode cache is built from other formats (not enabled)")
+    if phase == "3b":
+        if not nvfp4:
+            return PhaseDecision("3b", False, "no NVFP4 weights")
+        return PhaseDecision("3b", True, "NVFP4 weights need a dense form for prefill (dequantised per layer)")
+    if phase == "3-MoE":
+        if not info.is_moe:
+            return PhaseDecision("3-MoE", False, "not a mixture-of-experts model")
+        if not nvfp4:
+            return PhaseDecision("3-MoE", False, "experts are not NVFP4")
+        if not fast:
+            return PhaseDecision("3-MoE", False, "contiguous expert buffers only serve the CUDA fast path")
+        return PhaseDecision("3-MoE", True, "contiguous per-layer NVFP4 expert buffers for device-side routing")
+    raise ValueError(f"unknown phase {phase!r}")
+
+
+def plan_phases(hook: Any, info: ModelInfo, settings: Settings, device_type: str) -> list[PhaseDecision]:
+    """Every phase's decision: the core default unless a plugin's ``imp_phase_policy`` overrides it."""
+    out = []
+    for phase in PHASES:
+        default = core_phase_decision(phase, info, settings, device_type)
+        answer = hook.imp_phase_policy(phase=phase, model=info, default=default, settings=settings)
+        if answer is None:
+            out.append(default)
+            continue
+        if not isinstance(answer, PhaseDecision) or answer.phase != phase:
+            raise PluginError(f"imp_phase_policy for phase {phase} returned {answer!r}; "
+                              f"expected a PhaseDecision for that phase")
+        out.append(answer)
+    return out
+
+
+# -- attention -------------------------------------------------------------------------
+def attention_candidates(layer: AttentionLayerSpec, settings: Settings, device_type: str
+                         ) -> tuple[list[str], list[str]]:
+    """(backends that accept the layer, best first; reasons of those that declined)."""
+    wanted = settings.attention.backend
+    registry = attention_backends.BACKENDS
+    if wanted != "auto" and wanted not in registry:
+        raise ConfigError(f"attention.backend '{wanted}' is not a known backend "
+                          f"(known: auto, {', '.join(registry)})")
+    names = list(registry) if wanted == "auto" else [wanted]
+    accepted, declined = [], []
+    for name in names:
+        why = registry[name].declines(layer, device_type)
+        (declined if why else accepted).append(why or name)
+    return accepted, declined
+
+
+def choose_attention(hook: Any, layers: tuple[AttentionLayerSpec, ...], settings: Settings,
+                     device_type: str) -> list[AttentionChoice]:
+    """One backend per attention layer; plugins may pick among (or decline) the candidates."""
+    out = []
+    for layer in layers:
+        candidates, declined = attention_candidates(layer, settings, device_type)
+        if not candidates:
+            raise ConfigError(f"no attention backend can serve layer {layer.index} "
+                              f"(head_dim {layer.head_dim}, {layer.kind}): {'; '.join(declined)}")
+        answer = hook.imp_attention_backend(layer=layer, candidates=list(candidates), settings=settings)
+        if answer is None:
+            reason = "first accepting backend" + (f" ({'; '.join(declined)})" if declined else "")
+            out.append(AttentionChoice(candidates[0], reason))
+            continue
+        if not isinstance(answer, AttentionChoice) or answer.backend not in candidates:
+            raise PluginError(f"imp_attention_backend for layer {layer.index} chose {answer!r}; "
+                              f"expected one of {candidates}")
+        out.append(answer)
+    return out
+
+
+def summarize_attention(layers: tuple[AttentionLayerSpec, ...], choices: list[AttentionChoice]
+                        ) -> list[tuple[str, str]]:
+    """Plan lines, grouping consecutive layers with the same kind and choice."""
+    groups: dict[tuple[str, str, str], list[int]] = {}
+    for layer, c in zip(layers, choices):
+        groups.setdefault((layer.kind, c.backend, c.reason), []).append(layer.index)
+    lines = []
+    for (kind, backend, reason), idx in groups.items():
+        label = f"attention ({kind}, {len(idx)} layer{'s' if len(idx) > 1 else ''})"
+        lines.append((label, f"{backend} - {reason}"))
+    return lines
+
+
+# -- decode fast path ------------------------------------------------------------------
+def core_fast_path_reasons(info: ModelInfo, settings: Settings) -> list[str]:
+    """The core's own reasons the GPU decode fast path cannot run."""
+    reasons = []
+    if settings.runtime.fast_path == "off":
+        reasons.append("runtime.fast_path is off")
+    reasons.append("the Numba-CUDA decode step is not wired into the engine yet (reference path)")
+    return reasons
+
+
+def fast_path_reasons(hook: Any, info: ModelInfo, settings: Settings, device_type: str) -> list[str]:
+    """The single eligibility predicate: every plugin's and the core's reasons, or [] if eligible."""
+    reasons = [] if device_type == "cuda" else [f"device is {device_type}, not cuda"]
+    for answer in hook.imp_decode_fast_path(model=info, settings=settings):
+        if answer:
+            reasons.extend(answer)
+    return reasons
+
+
+# -- per-family settings ---------------------------------------------------------------
+def apply_family_settings(hook: Any, info: ModelInfo, resolved: ResolvedSettings
+                          ) -> tuple[ResolvedSettings, list[tuple[str, str]]]:
+    """Apply plugins' per-family defaults to keys the user left at default; return plan lines."""
+    lines = []
+    for answer in hook.imp_adjust_settings(model=info, settings=resolved.settings):
+        for ov in answer or ():
+            if not isinstance(ov, SettingOverride):
+                raise PluginError(f"imp_adjust_settings returned {ov!r}; expected SettingOverride items")
+            if not resolved.is_default(ov.key):
+                lines.append((ov.key, f"kept user value ({resolved.sources[ov.key]}); family default "
+                                      f"{ov.value!r} not applied"))
+                continue
+            resolved = resolved.with_overrides({ov.key: ov.value}, f"{info.family} default")
+            lines.append((ov.key, f"{ov.value!r} - {ov.reason}"))
+    return resolved, lines
