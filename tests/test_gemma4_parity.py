@@ -26,6 +26,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from imp_core.layers.attention import EAGER
+
 from imp_core.checkpoint.open import open_checkpoint
 from imp_core.run.generator import Generator
 from imp_core.plugin.manager import load_plugins
@@ -147,7 +149,7 @@ def test_fp64_prefill_matches_transformers_to_the_last_fp32_ulp(tmp_path):
     weights = WeightStore(checkpoint, device=torch.device("cpu"), dtype=torch.float64, progress=False)
     model = family.build(family.parse_config(checkpoint), weights)
     weights.finish()
-    model.attention_backends = ["eager"] * len(model.layers)
+    model.set_attention_backends({i: EAGER for i in range(len(model.layers))})
 
     def within_an_ulp(ours, ref):  # one fp32 ulp of each logit (plus a hair for logits near 0)
         return bool(((ours.double() - ref).abs() <= ref.abs() * 2.0 ** -23 + 1e-9).all())

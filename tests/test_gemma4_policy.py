@@ -13,11 +13,11 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import torch
 
-from imp_core.plugin import attention_registry as attention_backends
-
+from imp_core.layers.attention import sdpa_attention
 from imp_core.plugin import policy
-from imp_core.plugin.attention_registry import BackendSpec, register_backend
+from imp_core.plugin.attention_registry import AttentionBackend
 from imp_core.errors import ConfigError
 from imp_core.cli.info import describe_checkpoint
 from imp_core.plugin.plan_types import AttentionLayerSpec, PhaseDecision
@@ -41,19 +41,22 @@ def real_info():
     return family.model_info(family.config_from_dict(GEMMA_4_26B_A4B), None)
 
 
+def limited_backend(name: str, max_head_dim: int) -> AttentionBackend:
+    return AttentionBackend(name, sdpa_attention, frozenset({"cpu", "cuda"}), max_head_dim=max_head_dim,
+                            description=f"test: a kernel limited to head_dim {max_head_dim}")
+
+
 @pytest.fixture
-def fa256(monkeypatch):
-    """A backend limited to head_dim 256, registered first in the chain for one test."""
-    monkeypatch.setattr(attention_backends, "BACKENDS", dict(attention_backends.BACKENDS))
-    register_backend(BackendSpec("fa256", frozenset({"cpu", "cuda"}), max_head_dim=256,
-                                 description="test: a kernel limited to head_dim 256"))
-    yield "fa256"
-    # monkeypatch restores the original registry: the backend is gone again after the test
+def fa256():
+    """Plugins whose registry has a backend limited to head_dim 256 at the head of the chain."""
+    plugins = load_plugins(env={})
+    plugins.attention.register(limited_backend("fa256", 256))
+    return plugins
 
 
 # -- attention -------------------------------------------------------------------------
-def test_head_dim_256_backend_kept_for_sliding_layers_and_declined_for_global(plugins, real_info, fa256):
-    choices = policy.choose_attention(plugins.hook, real_info.attention_layers, Settings(), "cuda")
+def test_head_dim_256_backend_kept_for_sliding_layers_and_declined_for_global(real_info, fa256):
+    choices = policy.choose_attention(fa256.hook, real_info.attention_layers, Settings(), "cuda", fa256.attention)
     by_kind = {"sliding": set(), "full": set()}
     for layer, choice in zip(real_info.attention_layers, choices):
         by_kind[layer.kind].add((choice.backend, choice.reason, choice.decided_by))
@@ -73,25 +76,27 @@ def test_head_dim_256_backend_kept_for_sliding_layers_and_declined_for_global(pl
 
 
 def test_without_a_limited_backend_every_layer_takes_the_chain_head(plugins, real_info):
-    choices = policy.choose_attention(plugins.hook, real_info.attention_layers, Settings(), "cpu")
+    choices = policy.choose_attention(plugins.hook, real_info.attention_layers, Settings(), "cpu", plugins.attention)
     assert {c.backend for c in choices} == {"sdpa"}
     assert not any("declined" in c.reason for c in choices)
 
 
 def test_plugin_declines_a_too_small_backend_even_if_offered(real_info, fa256):
     global_layer = real_info.attention_layers[5]
-    choice = attention_backend(global_layer, ["fa256", "sdpa", "eager"])
+    registry = fa256.attention
+    choice = attention_backend(global_layer, ["fa256", "sdpa", "eager"], registry)
     assert choice.backend == "sdpa" and "declined fa256 (head_dim <= 256)" in choice.reason
     sliding = real_info.attention_layers[0]
-    assert attention_backend(sliding, ["fa256", "sdpa"]).backend == "fa256"
+    assert attention_backend(sliding, ["fa256", "sdpa"], registry).backend == "fa256"
     with pytest.raises(ConfigError, match="no attention backend serves the Gemma-4 global layer"):
-        attention_backend(global_layer, ["fa256"])
+        attention_backend(global_layer, ["fa256"], registry)
 
 
 def test_attention_hook_answers_only_for_gemma4_layers(plugins):
     other = AttentionLayerSpec(index=0, kind="full", num_heads=32, num_kv_heads=8, head_dim=128, scale=128 ** -0.5)
-    assert attention_backend(other, ["sdpa", "eager"]) is None
-    assert plugins.hook.imp_attention_backend(layer=other, candidates=["sdpa"], settings=Settings()) is None
+    assert attention_backend(other, ["sdpa", "eager"], plugins.attention) is None
+    assert plugins.hook.imp_attention_backend(layer=other, candidates=["sdpa"], registry=plugins.attention,
+                                              settings=Settings(), device=torch.device("cpu")) is None
     assert isinstance(Gemma4AttentionLayerSpec(index=0, kind="full", num_heads=1, num_kv_heads=1, head_dim=8),
                       AttentionLayerSpec)
 
@@ -99,7 +104,7 @@ def test_attention_hook_answers_only_for_gemma4_layers(plugins):
 def test_user_forced_backend_is_respected_and_explained(plugins, real_info):
     settings = Settings()
     settings.attention.backend = "eager"
-    choices = policy.choose_attention(plugins.hook, real_info.attention_layers, settings, "cpu")
+    choices = policy.choose_attention(plugins.hook, real_info.attention_layers, settings, "cpu", plugins.attention)
     assert {c.backend for c in choices} == {"eager"}
     assert choices[0].reason == "sliding layer (head_dim 256, window 1024): attention.backend = eager"
     assert choices[5].reason == "global layer (head_dim 512, 16/2 heads, K=V): attention.backend = eager"
@@ -162,10 +167,10 @@ def tiny(tmp_path_factory) -> Path:
     return write_checkpoint(tmp_path_factory.mktemp("gemma4-info"), "gemma4", seed=3)
 
 
-def test_resolved_plan_and_imp_info_read_well(plugins, tiny, monkeypatch):
+def test_resolved_plan_and_imp_info_read_well(tiny):
     # the tiny model's sliding layers have head_dim 16 and its global ones 32: a 16-limited backend
-    monkeypatch.setattr(attention_backends, "BACKENDS", dict(attention_backends.BACKENDS))
-    register_backend(BackendSpec("fa16", frozenset({"cpu", "cuda"}), max_head_dim=16))
+    plugins = load_plugins(env={})
+    plugins.attention.register(limited_backend("fa16", 16))
     resolved = load_settings(cli_flags={"runtime.device": "cpu"}, env={}, user_config=tiny / "none.toml")
     plan = dict(inspect_checkpoint(tiny, resolved, plugins).plan)
     assert plan["attention (sliding, 4 layers)"] == ("fa16 - sliding layer (head_dim 16, window 8): first backend "

@@ -7,10 +7,9 @@ from dataclasses import replace
 
 import pytest
 
-from imp_core.plugin import attention_registry as attention_backends
-
+from imp_core.layers.attention import sdpa_attention
 from imp_core.plugin import policy
-from imp_core.plugin.attention_registry import BackendSpec
+from imp_core.plugin.attention_registry import AttentionBackend
 from imp_core.errors import ConfigError, PluginError
 from imp_core.plugin.hookspecs import hookimpl
 from imp_core.plugin.plan_types import AttentionChoice, AttentionLayerSpec, ModelInfo, PhaseDecision, SettingOverride
@@ -81,15 +80,14 @@ def test_plugin_can_override_a_phase_and_must_keep_the_contract(plain_plugins):
 
 
 @pytest.fixture
-def hd256_backend():
-    attention_backends.register_backend(BackendSpec("tiny-hd256", frozenset({"cpu", "cuda"}), max_head_dim=256))
-    yield
-    attention_backends.BACKENDS.pop("tiny-hd256")
+def hd256_backend(plain_plugins):
+    plain_plugins.attention.register(AttentionBackend("tiny-hd256", sdpa_attention, frozenset({"cpu", "cuda"}),
+                                                      max_head_dim=256))
 
 
 def test_attention_chain_declines_by_capability(plain_plugins, hd256_backend):
     info = _info()
-    choices = policy.choose_attention(plain_plugins.hook, info.attention_layers, _settings().settings, "cpu")
+    choices = policy.choose_attention(plain_plugins.hook, info.attention_layers, _settings().settings, "cpu", plain_plugins.attention)
     assert [c.backend for c in choices] == ["tiny-hd256", "sdpa"]
     assert "supports head_dim <= 256" in choices[1].reason
     lines = dict(policy.summarize_attention(info.attention_layers, choices))
@@ -99,21 +97,21 @@ def test_attention_chain_declines_by_capability(plain_plugins, hd256_backend):
 def test_explicit_backend_setting_and_loud_failure(plain_plugins, hd256_backend):
     info = _info()
     s = _settings(**{"attention.backend": "eager"}).settings
-    assert {c.backend for c in policy.choose_attention(plain_plugins.hook, info.attention_layers, s, "cpu")} == {"eager"}
+    assert {c.backend for c in policy.choose_attention(plain_plugins.hook, info.attention_layers, s, "cpu", plain_plugins.attention)} == {"eager"}
     s = _settings(**{"attention.backend": "tiny-hd256"}).settings
     with pytest.raises(ConfigError, match="no attention backend can serve layer 1"):
-        policy.choose_attention(plain_plugins.hook, info.attention_layers, s, "cpu")
+        policy.choose_attention(plain_plugins.hook, info.attention_layers, s, "cpu", plain_plugins.attention)
     s = _settings(**{"attention.backend": "nonesuch"}).settings
     with pytest.raises(ConfigError, match="not a known backend"):
-        policy.choose_attention(plain_plugins.hook, info.attention_layers, s, "cpu")
+        policy.choose_attention(plain_plugins.hook, info.attention_layers, s, "cpu", plain_plugins.attention)
 
 
 def test_plugin_attention_choice_must_be_a_candidate():
     plug = types.ModuleType("attn_plug")
-    plug.imp_attention_backend = hookimpl(lambda layer, candidates, settings: AttentionChoice("warp-drive", "why not"))
+    plug.imp_attention_backend = hookimpl(lambda layer, candidates: AttentionChoice("warp-drive", "why not"))
     plugins = load_plugins(env={}, extra=[("attn", plug)], use_entry_points=False)
     with pytest.raises(PluginError, match="warp-drive"):
-        policy.choose_attention(plugins.hook, _info().attention_layers, _settings().settings, "cpu")
+        policy.choose_attention(plugins.hook, _info().attention_layers, _settings().settings, "cpu", plugins.attention)
 
 
 def test_fast_path_is_one_predicate_with_every_reason(plain_plugins):
@@ -139,3 +137,19 @@ def test_family_settings_apply_only_to_defaults():
     assert out.settings.sampling.top_k == 20 and out.sources["sampling.top_k"] == "f default"
     assert out.settings.sampling.temperature == 0.1
     assert any("kept user value" in v for _, v in lines)
+
+
+def test_policy_hooks_receive_the_resolved_device():
+    """A family can decide "on CUDA only": phase policy and fast-path hooks see the device."""
+    plug = types.ModuleType("cuda_only")
+    plug.imp_phase_policy = hookimpl(lambda phase, default, device: PhaseDecision(
+        phase, device.type == "cuda", f"on {device.type}", decided_by="cuda_only") if phase == "3b" else None)
+    plug.imp_decode_fast_path = hookimpl(lambda device: [] if device.type == "cuda" else [f"no {device}"])
+    plugins = load_plugins(env={}, extra=[("cuda_only", plug)], use_entry_points=False)
+    s = _settings().settings
+    by_device = {dev: {d.phase: d for d in policy.plan_phases(plugins.hook, _info(), s, dev)}["3b"]
+                 for dev in ("cpu", "cuda:0")}
+    assert (by_device["cpu"].enabled, by_device["cuda:0"].enabled) == (False, True)
+    assert by_device["cuda:0"].reason == "on cuda"
+    assert "no cpu" in policy.fast_path_reasons(plugins.hook, _info(), s, "cpu")
+    assert not any("no cuda" in r for r in policy.fast_path_reasons(plugins.hook, _info(), s, "cuda:0"))

@@ -1,15 +1,18 @@
 """Scaled-dot-product attention over a KV cache, with causal / sliding-window masks built on
 the device from positions (no host sync, static shapes).
 
-Two reference backends: ``eager`` reproduces transformers' eager attention step for step
-(scores in the activation dtype, softmax in fp32, probabilities cast back) and is the parity
-oracle; ``sdpa`` calls torch's fused scaled_dot_product_attention with the same mask.
+The core's two reference backends (registered in the attention registry by the built-in plugin):
+``eager`` reproduces transformers' eager attention step for step (scores in the activation
+dtype, softmax in fp32, probabilities cast back) and is the parity oracle; ``sdpa`` calls torch's
+fused scaled_dot_product_attention with the same mask.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from imp_core.plugin.attention_registry import AttentionBackend
 
 
 def visibility_mask(q_pos: torch.Tensor, key_pos: torch.Tensor, window: int | None) -> torch.Tensor:
@@ -30,26 +33,30 @@ def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
     return x[:, :, None].expand(b, h, n_rep, s, d).reshape(b, h * n_rep, s, d)
 
 
-def eager_attention(q, k, v, mask, scale):
+def _masked_inputs(q, k, v, q_pos, key_pos, window):
+    n_rep = q.shape[1] // k.shape[1]
+    return repeat_kv(k, n_rep), repeat_kv(v, n_rep), visibility_mask(q_pos, key_pos, window)
+
+
+def eager_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_pos: torch.Tensor,
+                    key_pos: torch.Tensor, *, scale: float, window: int | None = None) -> torch.Tensor:
+    """q [B, H, T, D], k/v [B, Hkv, S, D(v)] -> [B, H, T, Dv], as transformers' eager path."""
+    k, v, mask = _masked_inputs(q, k, v, q_pos, key_pos, window)
     scores = torch.matmul(q, k.transpose(-1, -2)) * scale
     scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
     probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
     return torch.matmul(probs, v)
 
 
-def sdpa_attention(q, k, v, mask, scale):
+def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_pos: torch.Tensor,
+                   key_pos: torch.Tensor, *, scale: float, window: int | None = None) -> torch.Tensor:
+    """The same through torch's scaled_dot_product_attention."""
+    k, v, mask = _masked_inputs(q, k, v, q_pos, key_pos, window)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
 
 
-BACKEND_FUNCS = {"eager": eager_attention, "sdpa": sdpa_attention}
-
-
-def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_pos: torch.Tensor,
-           key_pos: torch.Tensor, *, scale: float, window: int | None = None,
-           backend: str = "sdpa") -> torch.Tensor:
-    """q [B, H, T, D], k/v [B, Hkv, S, D(v)] -> [B, H, T, Dv]."""
-    n_rep = q.shape[1] // k.shape[1]
-    k = repeat_kv(k, n_rep)
-    v = repeat_kv(v, n_rep)
-    mask = visibility_mask(q_pos, key_pos, window)
-    return BACKEND_FUNCS[backend](q, k, v, mask, scale)
+ANY_DEVICE = frozenset({"cpu", "cuda"})
+SDPA = AttentionBackend("sdpa", sdpa_attention, ANY_DEVICE,
+                        description="torch scaled_dot_product_attention with a position mask")
+EAGER = AttentionBackend("eager", eager_attention, ANY_DEVICE,
+                         description="explicit matmul/softmax, step-for-step like transformers' eager")

@@ -15,7 +15,9 @@ from pydantic import BaseModel, ValidationError
 
 from imp_core.checkpoint.base import Checkpoint
 from imp_core.errors import CheckpointError
-from imp_core.plugin.plan_types import AttentionChoice, ModelInfo
+from imp_core.layers.attention import SDPA
+from imp_core.plugin.attention_registry import AttentionBackend
+from imp_core.plugin.plan_types import ModelInfo
 from imp_core.model.weights import WeightStore
 
 C = TypeVar("C", bound=BaseModel)
@@ -47,9 +49,16 @@ class CausalLM(ABC):
                 last_only: bool = False) -> torch.Tensor:
         """ids [B, T] at ``positions`` [T] (device tensor) -> logits [B, T or 1, V] in fp32."""
 
-    def set_attention_backends(self, choices: list[AttentionChoice]) -> None:
-        """Install the per-attention-layer backend choices (in ``info.attention_layers`` order)."""
-        self.attention_backends = [c.backend for c in choices]
+    #: the backend each attention layer runs, by layer index (set from the plan by the session)
+    attention_backends: dict[int, AttentionBackend] = {}
+
+    def set_attention_backends(self, backends: dict[int, AttentionBackend]) -> None:
+        """Install the chosen backend object of every attention layer, keyed by layer index."""
+        self.attention_backends = dict(backends)
+
+    def attention_for(self, layer_index: int) -> AttentionBackend:
+        """The backend layer ``layer_index`` runs (torch SDPA until a plan installs others)."""
+        return self.attention_backends.get(layer_index, SDPA)
 
     def reset_cache(self, cache: Any) -> None:
         """Forget every cached token (buffers stay allocated)."""

@@ -1,48 +1,92 @@
-"""The attention backends the core can dispatch to, each saying what it can serve.
+"""The ONE attention-backend registry: what each backend serves and how it runs.
 
-Order matters: for ``attention.backend = "auto"`` the core tries them best first, and a
-backend that cannot serve a layer declines with a reason (which is logged). A chain that ends
-with nobody accepting is a loud error, never a silent fallback.
+A backend is one ``AttentionBackend`` object: its capabilities (devices, dtypes, head dims,
+sliding windows, output gate) and its ``run`` function. The core's own backends and every
+plugin's are added through the same hook, ``imp_register_attention_backends(register)``; the
+policy chooses per layer from this registry (best first, each backend may decline with a
+reason) and the model runs exactly the object that was chosen, so a registered backend can
+never be chosen and then be missing at run time.
+
+``run(q, k, v, q_pos, key_pos, *, scale, window)``: q [B, H, T, D], k/v [B, Hkv, S, D(v)] as the
+cache holds them (grouped-query heads not yet repeated), q_pos [T] and key_pos [S] positions on
+the device (key_pos -1 = empty slot); returns [B, H, T, Dv]. A backend must not sync with the
+host or allocate in a way that breaks CUDA-graph capture if it serves decode on CUDA.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable, Iterator
 
+import torch
+
+from imp_core.errors import PluginError
 from imp_core.plugin.plan_types import AttentionLayerSpec
+
+AttentionFn = Callable[..., torch.Tensor]
 
 
 @dataclass(frozen=True)
-class BackendSpec:
+class AttentionBackend:
+    """One attention implementation and what it can serve."""
+
     name: str
+    run: AttentionFn
     devices: frozenset[str]  # torch device types it runs on
     max_head_dim: int | None = None  # None: any
     sliding_window: bool = True
     output_gate: bool = True  # the gate is applied by the family around the backend
+    dtypes: frozenset[torch.dtype] | None = None  # None: any compute dtype
     description: str = ""
 
-    def declines(self, layer: AttentionLayerSpec, device_type: str) -> str | None:
+    def declines(self, layer: AttentionLayerSpec, device_type: str,
+                 dtype: torch.dtype | None = None) -> str | None:
         """None if this backend can serve ``layer`` on ``device_type``, else the reason it can't."""
         if device_type not in self.devices:
             return f"{self.name} does not run on {device_type}"
+        if self.dtypes is not None and dtype is not None and dtype not in self.dtypes:
+            return f"{self.name} does not run in {str(dtype).replace('torch.', '')}"
         if self.max_head_dim is not None and max(layer.head_dim, layer.v_head_dim or 0) > self.max_head_dim:
             return f"{self.name} supports head_dim <= {self.max_head_dim}, layer has {layer.head_dim}"
         if layer.sliding_window and not self.sliding_window:
             return f"{self.name} has no sliding-window support"
+        if layer.output_gate and not self.output_gate:
+            return f"{self.name} cannot apply an output gate"
         return None
 
 
-# Best first. The fast-path kernels register ahead of these when they are wired in.
-BACKENDS: dict[str, BackendSpec] = {
-    "sdpa": BackendSpec("sdpa", frozenset({"cpu", "cuda"}),
-                        description="torch scaled_dot_product_attention with a position mask"),
-    "eager": BackendSpec("eager", frozenset({"cpu", "cuda"}),
-                         description="explicit matmul/softmax, step-for-step like transformers' eager"),
-}
+class AttentionRegistry:
+    """Backends in chain order, best first."""
 
+    def __init__(self) -> None:
+        self._backends: dict[str, AttentionBackend] = {}
 
-def register_backend(spec: BackendSpec, *, first: bool = True) -> None:
-    """Add a backend (kernels call this when they are importable on this machine)."""
-    global BACKENDS
-    items = [(k, v) for k, v in BACKENDS.items() if k != spec.name]
-    BACKENDS = dict([(spec.name, spec), *items] if first else [*items, (spec.name, spec)])
+    def register(self, backend: AttentionBackend, *, first: bool = True) -> AttentionBackend:
+        """Add ``backend`` at the head of the chain (``first``) or at its end; a name registered
+        twice is an error (two plugins must not silently replace each other's kernels)."""
+        if not isinstance(backend, AttentionBackend):
+            raise PluginError(f"register() takes an AttentionBackend, got {backend!r}")
+        if backend.name in self._backends:
+            raise PluginError(f"attention backend '{backend.name}' is registered twice")
+        items = list(self._backends.items())
+        entry = (backend.name, backend)
+        self._backends = dict([entry, *items] if first else [*items, entry])
+        return backend
+
+    def __getitem__(self, name: str) -> AttentionBackend:
+        return self._backends[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._backends
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._backends)
+
+    def __len__(self) -> int:
+        return len(self._backends)
+
+    def get(self, name: str) -> AttentionBackend | None:
+        return self._backends.get(name)
+
+    def items(self):
+        return self._backends.items()

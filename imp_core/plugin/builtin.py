@@ -6,6 +6,15 @@ from imp_core.plugin.hookspecs import hookimpl
 
 
 @hookimpl(trylast=True)
+def imp_register_attention_backends(register):
+    from imp_core.layers.attention import EAGER, SDPA
+
+    # last in the chain: a plugin's kernels registered ahead of these are tried first
+    register(SDPA, first=False)
+    register(EAGER, first=False)
+
+
+@hookimpl(trylast=True)
 def imp_detect_quant(checkpoint, family):
     from imp_core.quant.detect.dispatch import detect_quant
 

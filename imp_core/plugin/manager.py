@@ -18,6 +18,7 @@ from loguru import logger
 
 from imp_core.plugin import hookspecs
 from imp_core.errors import ArchitectureError, PluginError
+from imp_core.plugin.attention_registry import AttentionRegistry
 from imp_core.plugin.plan_types import ArchitectureSpec
 
 ENTRY_POINT_GROUP = "imp.plugins"
@@ -42,6 +43,7 @@ class PluginSet:
     pm: pluggy.PluginManager
     records: list[PluginRecord] = field(default_factory=list)
     architectures: list[ArchitectureSpec] = field(default_factory=list)
+    attention: AttentionRegistry = field(default_factory=AttentionRegistry)
 
     @property
     def failures(self) -> dict[str, str]:
@@ -188,6 +190,7 @@ def load_plugins(*, env: dict[str, str] | None = None, extra: Iterable[tuple[str
         plugins.records.append(PluginRecord(name, module, source, True))
 
     _collect_architectures(plugins)
+    _collect_attention_backends(plugins)
     return plugins
 
 
@@ -221,4 +224,16 @@ def _collect_architectures(plugins: PluginSet) -> None:
             raise
         except Exception as exc:  # noqa: BLE001
             raise PluginError(f"plugin '{plugin_name}' failed in imp_register_architectures: "
+                              f"{type(exc).__name__}: {exc}") from None
+
+
+def _collect_attention_backends(plugins: PluginSet) -> None:
+    """Every plugin's attention backends, into the one registry (the core's last)."""
+    for impl in reversed(plugins.pm.hook.imp_register_attention_backends.get_hookimpls()):
+        try:
+            impl.function(register=plugins.attention.register)
+        except PluginError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            raise PluginError(f"plugin '{impl.plugin_name}' failed in imp_register_attention_backends: "
                               f"{type(exc).__name__}: {exc}") from None

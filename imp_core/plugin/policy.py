@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from imp_core.plugin import attention_registry as attention_backends
+import torch
+
+from imp_core.plugin.attention_registry import AttentionRegistry
 from imp_core.errors import ConfigError, PluginError
 from imp_core.plugin.plan_types import (
     PHASES,
@@ -29,10 +31,11 @@ def _has_prequant(info: ModelInfo) -> bool:
 
 
 # -- phases ----------------------------------------------------------------------------
-def core_phase_decision(phase: str, info: ModelInfo, settings: Settings, device_type: str) -> PhaseDecision:
+def core_phase_decision(phase: str, info: ModelInfo, settings: Settings, device: torch.device | str
+                        ) -> PhaseDecision:
     """The core's default for one pre-dequant phase."""
     nvfp4 = any(f.startswith("nvfp4") for f in info.quant_formats)
-    fast = device_type == "cuda" and settings.runtime.fast_path != "off"
+    fast = torch.device(device).type == "cuda" and settings.runtime.fast_path != "off"
     if phase == "0":
         if _has_prequant(info):
             return PhaseDecision("0", True, "prequantized weights: attach scales to their packed tensors")
@@ -56,12 +59,13 @@ def core_phase_decision(phase: str, info: ModelInfo, settings: Settings, device_
     raise ValueError(f"unknown phase {phase!r}")
 
 
-def plan_phases(hook: Any, info: ModelInfo, settings: Settings, device_type: str) -> list[PhaseDecision]:
+def plan_phases(hook: Any, info: ModelInfo, settings: Settings, device: torch.device | str) -> list[PhaseDecision]:
     """Every phase's decision: the core default unless a plugin's ``imp_phase_policy`` overrides it."""
+    device = torch.device(device)
     out = []
     for phase in PHASES:
-        default = core_phase_decision(phase, info, settings, device_type)
-        answer = hook.imp_phase_policy(phase=phase, model=info, default=default, settings=settings)
+        default = core_phase_decision(phase, info, settings, device)
+        answer = hook.imp_phase_policy(phase=phase, model=info, default=default, settings=settings, device=device)
         if answer is None:
             out.append(default)
             continue
@@ -73,32 +77,36 @@ def plan_phases(hook: Any, info: ModelInfo, settings: Settings, device_type: str
 
 
 # -- attention -------------------------------------------------------------------------
-def attention_candidates(layer: AttentionLayerSpec, settings: Settings, device_type: str
+def attention_candidates(layer: AttentionLayerSpec, settings: Settings, device: torch.device | str,
+                         registry: AttentionRegistry, dtype: torch.dtype | None = None
                          ) -> tuple[list[str], list[str]]:
     """(backends that accept the layer, best first; reasons of those that declined)."""
     wanted = settings.attention.backend
-    registry = attention_backends.BACKENDS
+    device_type = torch.device(device).type
     if wanted != "auto" and wanted not in registry:
         raise ConfigError(f"attention.backend '{wanted}' is not a known backend "
                           f"(known: auto, {', '.join(registry)})")
     names = list(registry) if wanted == "auto" else [wanted]
     accepted, declined = [], []
     for name in names:
-        why = registry[name].declines(layer, device_type)
+        why = registry[name].declines(layer, device_type, dtype)
         (declined if why else accepted).append(why or name)
     return accepted, declined
 
 
 def choose_attention(hook: Any, layers: tuple[AttentionLayerSpec, ...], settings: Settings,
-                     device_type: str) -> list[AttentionChoice]:
+                     device: torch.device | str, registry: AttentionRegistry,
+                     dtype: torch.dtype | None = None) -> list[AttentionChoice]:
     """One backend per attention layer; plugins may pick among (or decline) the candidates."""
+    device = torch.device(device)
     out = []
     for layer in layers:
-        candidates, declined = attention_candidates(layer, settings, device_type)
+        candidates, declined = attention_candidates(layer, settings, device, registry, dtype)
         if not candidates:
             raise ConfigError(f"no attention backend can serve layer {layer.index} "
                               f"(head_dim {layer.head_dim}, {layer.kind}): {'; '.join(declined)}")
-        answer = hook.imp_attention_backend(layer=layer, candidates=list(candidates), settings=settings)
+        answer = hook.imp_attention_backend(layer=layer, candidates=list(candidates), registry=registry,
+                                            settings=settings, device=device)
         if answer is None:
             reason = "first accepting backend" + (f" ({'; '.join(declined)})" if declined else "")
             out.append(AttentionChoice(candidates[0], reason))
@@ -133,10 +141,11 @@ def core_fast_path_reasons(info: ModelInfo, settings: Settings) -> list[str]:
     return reasons
 
 
-def fast_path_reasons(hook: Any, info: ModelInfo, settings: Settings, device_type: str) -> list[str]:
+def fast_path_reasons(hook: Any, info: ModelInfo, settings: Settings, device: torch.device | str) -> list[str]:
     """The single eligibility predicate: every plugin's and the core's reasons, or [] if eligible."""
-    reasons = [] if device_type == "cuda" else [f"device is {device_type}, not cuda"]
-    for answer in hook.imp_decode_fast_path(model=info, settings=settings):
+    device = torch.device(device)
+    reasons = [] if device.type == "cuda" else [f"device is {device.type}, not cuda"]
+    for answer in hook.imp_decode_fast_path(model=info, settings=settings, device=device):
         if answer:
             reasons.extend(answer)
     return reasons

@@ -50,6 +50,9 @@ from dataclasses import dataclass
 import torch
 
 from imp_core.errors import ConfigError
+# The counter-based hash lives in imp_kernels.rng, shared with the device sampling kernel;
+# seed_row_keys and uniform_noise are re-exported from here.
+from imp_kernels.rng import seed_row_keys, uniform_noise
 
 __all__ = [
     "SamplingParams",
@@ -62,7 +65,6 @@ __all__ = [
     "uniform_noise",
 ]
 
-_MASK32 = 0xFFFFFFFF
 _MASK64 = (1 << 64) - 1
 
 
@@ -194,45 +196,6 @@ def _top_p_keep_sorted(sorted_logits: torch.Tensor, p: float) -> torch.Tensor:
 def _smallest_kept(sorted_logits: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     """The smallest kept logit per row, shape [..., 1] (keep is a prefix of a sorted row)."""
     return sorted_logits.masked_fill(~keep, math.inf).min(dim=-1, keepdim=True).values
-
-
-# ---------------------------------------------------------------------------------------------
-# Counter-based randomness
-# ---------------------------------------------------------------------------------------------
-
-
-def _hash32(x):
-    """A 32-bit bijective integer mixer ([16 21f0aaad 15 735a2d97 15] from Wellons' hash
-    prospector, the "splitmix32" finaliser); x in [0, 2**32).
-
-    Both multipliers are below 2**31, so every product stays below 2**63: exact in int64 on any
-    device, with no reliance on overflow. Works on Python ints and int64 tensors alike.
-    """
-    x = x ^ (x >> 16)
-    x = (x * 0x21F0AAAD) & _MASK32
-    x = x ^ (x >> 15)
-    x = (x * 0x735A2D97) & _MASK32
-    return x ^ (x >> 15)
-
-
-def seed_row_keys(seed: int, batch: int, device: torch.device | str = "cpu") -> torch.Tensor:
-    """Per-row 32-bit keys derived from a 64-bit seed, [batch, 1] int64 (host-side, once)."""
-    key = _hash32(_hash32(seed & _MASK32) ^ ((seed >> 32) & _MASK32))
-    keys = [_hash32((_hash32(key ^ row) + 0x9E3779B9) & _MASK32) for row in range(batch)]
-    return torch.tensor(keys, dtype=torch.int64, device=device).view(batch, 1)
-
-
-def uniform_noise(row_keys: torch.Tensor, step: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
-    """Uniform floats in (0, 1), fp32, one per element of ``token_ids`` ([B, C] int64).
-
-    A pure function of (row key, step mod 2**32, token id): ``row_keys`` is [B, 1] from
-    :func:`seed_row_keys`, ``step`` a 0-d int64 tensor. The value is
-    ``(top 24 bits of the hash + 0.5) / 2**24``, exact in fp32, never 0 or 1.
-    """
-    h = _hash32(row_keys ^ (step & _MASK32))
-    h = _hash32(h ^ token_ids)
-    h = _hash32((h + 0x6D2B79F5) & _MASK32)
-    return ((h >> 8).to(torch.float32) + 0.5) * (1.0 / (1 << 24))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from imp_core.checkpoint.base import Checkpoint
 from imp_core.checkpoint.open import open_checkpoint
 from imp_core.errors import ConfigError, DeviceError, QuantError
 from imp_core.model.family import CausalLM, Family
+from imp_core.plugin.attention_registry import AttentionBackend
 from imp_core.plugin.plan_types import ArchitectureSpec, AttentionChoice, ModelInfo, PhaseDecision
 from imp_core.plugin.manager import PluginSet
 from imp_core.quant.plan import QuantPlan
@@ -80,6 +81,8 @@ class Inspection:
     fast_path_reasons: list[str]
     plan: list[tuple[str, str]] = field(default_factory=list)
     load_report: list[tuple[str, str]] = field(default_factory=list)  # what Phase 0 did (after loading)
+    #: the chosen backend object of every attention layer, by layer index (what the model runs)
+    attention_backends: dict[int, AttentionBackend] = field(default_factory=dict)
 
 
 def _generation_defaults(checkpoint: Checkpoint, resolved: ResolvedSettings
@@ -141,9 +144,9 @@ def inspect_checkpoint(path: str | Path, resolved: ResolvedSettings, plugins: Pl
     if context > max_ctx:
         logger.warning("runtime.context {} exceeds the model's max_position_embeddings {}", context, max_ctx)
 
-    phases = policy.plan_phases(plugins.hook, info, s, device.type)
-    attention = policy.choose_attention(plugins.hook, info.attention_layers, s, device.type)
-    reasons = policy.fast_path_reasons(plugins.hook, info, s, device.type)
+    phases = policy.plan_phases(plugins.hook, info, s, device)
+    attention = policy.choose_attention(plugins.hook, info.attention_layers, s, device, plugins.attention, dtype)
+    reasons = policy.fast_path_reasons(plugins.hook, info, s, device)
 
     plan = [
         ("architecture", f"{info.architecture} -> family '{spec.family}' (plugin {spec.plugin})"),
@@ -162,8 +165,9 @@ def inspect_checkpoint(path: str | Path, resolved: ResolvedSettings, plugins: Pl
         *policy.summarize_attention(info.attention_layers, attention),
         ("decode fast path", "on" if not reasons else "off - " + "; ".join(reasons)),
     ]
+    backends = {layer.index: plugins.attention[c.backend] for layer, c in zip(info.attention_layers, attention)}
     return Inspection(checkpoint, spec, family, config, info, quant_plan, resolved, device, dtype,
-                      context, phases, attention, reasons, plan)
+                      context, phases, attention, reasons, plan, attention_backends=backends)
 
 
 @dataclass
@@ -199,7 +203,7 @@ def build_model(insp: Inspection, *, progress: bool = True) -> CausalLM:
                           rename=rename, progress=progress, transform=transform, phases=pipeline)
     model = insp.family.build(insp.config, weights)
     weights.finish(strict=True)
-    model.set_attention_backends(insp.attention)
+    model.set_attention_backends(insp.attention_backends)
     pipeline.run_after_build(model)
     insp.load_report = pipeline.report()
     for label, text in insp.load_report:

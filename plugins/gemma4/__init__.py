@@ -20,11 +20,11 @@ def imp_register_architectures(register):
 
 
 @hookimpl
-def imp_attention_backend(layer, candidates, settings):
+def imp_attention_backend(layer, candidates, registry, settings):
     from imp_gemma4.policy import attention_backend
 
     forced = settings.attention.backend
-    return attention_backend(layer, candidates, forced=None if forced == "auto" else forced)
+    return attention_backend(layer, candidates, registry, forced=None if forced == "auto" else forced)
 
 
 @hookimpl

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from imp_core.model.cache import KVCache
-from imp_core.layers.attention import attend
+from imp_core.plugin.attention_registry import AttentionBackend
 from imp_core.layers.linear import Linear, dense_weight
 from imp_core.layers.mlp import GatedMLP
 from imp_core.layers.moe import Experts, softmax_topk
@@ -41,7 +41,7 @@ class Gemma4Attention:
         self.k_norm = RMSNorm(checked(w, p + "k_norm.weight", (self.d,)), self.eps)
 
     def __call__(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, positions: torch.Tensor,
-                 cache: KVCache, backend: str) -> torch.Tensor:
+                 cache: KVCache, backend: AttentionBackend) -> torch.Tensor:
         b, t, _ = x.shape
         q = self.q_norm(self.q(x).view(b, t, self.h, self.d)).transpose(1, 2)
         k_raw = self.k(x).view(b, t, self.hkv, self.d)
@@ -50,7 +50,7 @@ class Gemma4Attention:
         k = apply_rotary(self.k_norm(k_raw).transpose(1, 2), cos, sin)
         v = rms_norm(v_raw, None, self.eps).transpose(1, 2)
         keys, values, key_pos = cache.update(k, v, positions)
-        o = attend(q, keys, values, positions, key_pos, scale=1.0, window=self.window, backend=backend)
+        o = backend.run(q, keys, values, positions, key_pos, scale=1.0, window=self.window)
         return self.o(o.transpose(1, 2).reshape(b, t, self.h * self.d))
 
 
@@ -113,7 +113,7 @@ class Gemma4DecoderLayer:
         return self.post_ff_norm_1(d) + self.post_ff_norm_2(e)
 
     def __call__(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, positions: torch.Tensor,
-                 cache: KVCache, backend: str) -> torch.Tensor:
+                 cache: KVCache, backend: AttentionBackend) -> torch.Tensor:
         x = x + self.post_attention_norm(self.attn(self.input_norm(x), cos, sin, positions, cache, backend))
         x = x + self.post_ff_norm(self.feed_forward(x))
         return x * self.layer_scalar

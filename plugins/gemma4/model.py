@@ -49,7 +49,6 @@ class Gemma4Model(CausalLM):
             check_rope_freqs(w.get(ROPE_FREQS, dtype=torch.float32), cfg, str(w.checkpoint.path))
         self.rotary = {t: Rotary(cfg.rope[t].inv_freq(cfg.first_layer(t).head_dim)).to(self.device)
                        for t in cfg.layer_types_present()}
-        self.attention_backends = ["sdpa"] * cfg.num_hidden_layers
 
     def new_cache(self, batch: int, context: int) -> LayerCaches:
         return LayerCaches([
@@ -63,9 +62,9 @@ class Gemma4Model(CausalLM):
                 last_only: bool = False) -> torch.Tensor:
         x = self.embed(ids)
         tables = {t: rot.cos_sin(positions, x.dtype) for t, rot in self.rotary.items()}
-        for spec, layer, c, backend in zip(self.cfg.layers, self.layers, cache.layers, self.attention_backends):
+        for i, (spec, layer, c) in enumerate(zip(self.cfg.layers, self.layers, cache.layers)):
             cos, sin = tables[spec.layer_type]
-            x = layer(x, cos, sin, positions, c, backend)
+            x = layer(x, cos, sin, positions, c, self.attention_for(i))
         if last_only:
             x = x[:, -1:]
         return self.lm_head(self.norm(x)).float()

@@ -20,8 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Mapping
 
-from imp_core.plugin import attention_registry as attention_backends
-from imp_core.plugin.attention_registry import BackendSpec
+from imp_core.plugin.attention_registry import AttentionBackend
 from imp_core.errors import ConfigError
 from imp_core.plugin.plan_types import AttentionChoice, AttentionLayerSpec, ModelInfo, PhaseDecision
 
@@ -46,8 +45,8 @@ def _describe_layer(layer: Gemma4AttentionLayerSpec) -> str:
 
 
 def attention_backend(layer: AttentionLayerSpec, candidates: list[str],
-                      backends: Mapping[str, BackendSpec] | None = None,
-                      forced: str | None = None) -> AttentionChoice | None:
+                      backends: Mapping[str, AttentionBackend], forced: str | None = None
+                      ) -> AttentionChoice | None:
     """The backend for one Gemma-4 layer: the first candidate that serves its head_dim, with why.
 
     ``forced`` is the user's ``attention.backend`` when it is not ``auto`` (then the chain is
@@ -55,7 +54,7 @@ def attention_backend(layer: AttentionLayerSpec, candidates: list[str],
     """
     if not isinstance(layer, Gemma4AttentionLayerSpec):
         return None
-    registry = attention_backends.BACKENDS if backends is None else backends
+    registry = backends
 
     def too_small(name: str) -> bool:
         spec = registry.get(name)

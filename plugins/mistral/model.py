@@ -7,7 +7,7 @@ import torch
 from imp_core.model.cache import KVCache, LayerCaches
 from imp_core.model.family import CausalLM
 from imp_core.model.loading import checked
-from imp_core.layers.attention import attend
+from imp_core.plugin.attention_registry import AttentionBackend
 from imp_core.layers.embedding import Embedding, LMHead
 from imp_core.layers.linear import Linear
 from imp_core.layers.mlp import GatedMLP
@@ -43,14 +43,14 @@ class MistralLayer:
         self.scale = cfg.head_dim ** -0.5
         self.window = cfg.sliding_window
 
-    def attention(self, x, cos, sin, positions, cache: KVCache, backend: str):
+    def attention(self, x, cos, sin, positions, cache: KVCache, backend: AttentionBackend):
         b, t, _ = x.shape
         q = self.q(x).view(b, t, self.h, self.d).transpose(1, 2)
         k = self.k(x).view(b, t, self.hkv, self.d).transpose(1, 2)
         v = self.v(x).view(b, t, self.hkv, self.d).transpose(1, 2)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         keys, values, key_pos = cache.update(k, v, positions)
-        o = attend(q, keys, values, positions, key_pos, scale=self.scale, window=self.window, backend=backend)
+        o = backend.run(q, keys, values, positions, key_pos, scale=self.scale, window=self.window)
         return self.o(o.transpose(1, 2).reshape(b, t, self.h * self.d))
 
     def __call__(self, x, cos, sin, positions, cache, backend):
@@ -70,7 +70,6 @@ class MistralModel(CausalLM):
         head = checked(w, "lm_head.weight", vh, keys=vh_keys) if "lm_head.weight" in w else self.embed.weight
         self.lm_head = LMHead(head)
         self.rotary = Rotary(default_inv_freq(cfg.rope_theta, cfg.head_dim)).to(self.device)
-        self.attention_backends = ["sdpa"] * cfg.num_hidden_layers
 
     def new_cache(self, batch: int, context: int) -> LayerCaches:
         cfg = self.cfg
@@ -84,8 +83,8 @@ class MistralModel(CausalLM):
     def forward(self, ids, positions, cache: LayerCaches, *, last_only: bool = False):
         x = self.embed(ids)
         cos, sin = self.rotary.cos_sin(positions, x.dtype)
-        for layer, c, backend in zip(self.layers, cache.layers, self.attention_backends):
-            x = layer(x, cos, sin, positions, c, backend)
+        for i, (layer, c) in enumerate(zip(self.layers, cache.layers)):
+            x = layer(x, cos, sin, positions, c, self.attention_for(i))
         if last_only:
             x = x[:, -1:]
         return self.lm_head(self.norm(x)).float()

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from imp_core.model.cache import KVCache
-from imp_core.layers.attention import attend
+from imp_core.plugin.attention_registry import AttentionBackend
 from imp_core.layers.linear import Linear
 from imp_core.layers.norms import RMSNorm
 from imp_core.layers.rope import apply_rotary
@@ -52,7 +52,7 @@ class GatedAttention:
         self.scale = d ** -0.5
 
     def __call__(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, positions: torch.Tensor,
-                 cache: KVCache, backend: str) -> torch.Tensor:
+                 cache: KVCache, backend: AttentionBackend) -> torch.Tensor:
         b, t, _ = x.shape
         q, gate = split_query_gate(self.q(x), self.h, self.d)
         q = self.q_norm(q).transpose(1, 2)
@@ -60,6 +60,6 @@ class GatedAttention:
         v = self.v(x).view(b, t, self.hkv, self.d).transpose(1, 2)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         keys, values, key_pos = cache.update(k, v, positions)
-        o = attend(q, keys, values, positions, key_pos, scale=self.scale, backend=backend)
+        o = backend.run(q, keys, values, positions, key_pos, scale=self.scale, window=None)
         o = o.transpose(1, 2).reshape(b, t, self.h * self.d) * torch.sigmoid(gate)
         return self.o(o)

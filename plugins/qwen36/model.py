@@ -15,6 +15,7 @@ import torch
 
 from imp_core.model.cache import KVCache, LayerCaches
 from imp_core.model.family import CausalLM
+from imp_core.plugin.attention_registry import AttentionBackend
 from imp_core.layers.embedding import Embedding, LMHead
 from imp_core.layers.rope import Rotary, default_inv_freq
 from imp_core.plugin.plan_types import ModelInfo
@@ -35,12 +36,11 @@ class Qwen36Layer:
                                            cfg.rms_norm_eps)
         self.mixer = GatedAttention(cfg, w, p) if self.full else GatedDeltaNet(cfg, w, p)
         self.mlp = build_mlp(cfg, w, p)
-        self.backend = "sdpa"
 
-    def __call__(self, x, cos, sin, positions, cache) -> torch.Tensor:
+    def __call__(self, x, cos, sin, positions, cache, backend: AttentionBackend) -> torch.Tensor:
         n = self.input_norm(x)
         if self.full:
-            x = x + self.mixer(n, cos, sin, positions, cache, self.backend)
+            x = x + self.mixer(n, cos, sin, positions, cache, backend)
         else:
             x = x + self.mixer(n, cache)
         return x + self.mlp(self.post_norm(x))
@@ -57,18 +57,6 @@ class Qwen36Model(CausalLM):
         head = checked(w, "lm_head.weight", (v, h)) if "lm_head.weight" in w else self.embed.weight
         self.lm_head = LMHead(head)
         self.rotary = Rotary(default_inv_freq(cfg.rope_theta, cfg.rotary_dim)).to(self.device)
-
-    @property
-    def attention_backends(self) -> list[str]:
-        return [layer.backend for layer in self.layers if layer.full]
-
-    @attention_backends.setter
-    def attention_backends(self, backends: list[str]) -> None:
-        full = [layer for layer in self.layers if layer.full]
-        if len(backends) != len(full):
-            raise ValueError(f"{len(backends)} attention backends for {len(full)} full-attention layers")
-        for layer, backend in zip(full, backends):
-            layer.backend = backend
 
     def new_cache(self, batch: int, context: int) -> LayerCaches:
         cfg = self.cfg
@@ -91,8 +79,8 @@ class Qwen36Model(CausalLM):
         """
         x = self.embed(ids)
         cos, sin = self.rotary.cos_sin(positions, x.dtype)
-        for layer, c in zip(self.layers, cache.layers):
-            x = layer(x, cos, sin, positions, c)
+        for i, (layer, c) in enumerate(zip(self.layers, cache.layers)):
+            x = layer(x, cos, sin, positions, c, self.attention_for(i))
         if last_only:
             x = x[:, -1:]
         return self.lm_head(self.norm(x)).float()
