@@ -48,8 +48,9 @@ def _greedy(session, prompt: list[int], n: int) -> list[int]:
 
 def test_core_backends_are_registered_last_in_chain_order():
     plugins = load_plugins(env={}, use_entry_points=False)
-    assert list(plugins.attention) == ["sdpa", "eager"]
+    assert list(plugins.attention) == ["numba-decode", "sdpa", "eager"]
     assert plugins.attention["sdpa"] is SDPA and plugins.attention["eager"] is EAGER
+    assert plugins.attention["numba-decode"].fast_path_only
 
 
 def test_a_plugin_backend_is_chosen_and_is_what_the_run_executes(checkpoint):

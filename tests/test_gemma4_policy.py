@@ -113,7 +113,7 @@ def test_user_forced_backend_is_respected_and_explained(plugins, real_info):
 # -- phases ----------------------------------------------------------------------------
 def _table(plugins, info, device: str) -> dict[str, tuple[bool, frozenset | None, str]]:
     return {d.phase: (d.enabled, d.roles, d.decided_by)
-            for d in policy.plan_phases(plugins.hook, info, Settings(), device)}
+            for d in policy.plan_phases(plugins.hook, info, Settings(), device, device == "cuda")}
 
 
 def test_phase_table_nvfp4_prequantized(plugins, real_info):
@@ -136,8 +136,9 @@ def test_phase_table_unquantized_and_other_formats_are_core_defaults(plugins, re
     for formats in (frozenset(), frozenset({"fp8-block"}), frozenset({"gguf:Q4_K"})):
         info = replace(real_info, quant_formats=formats)
         for device in ("cuda", "cpu"):
-            ours = policy.plan_phases(plugins.hook, info, Settings(), device)
-            core = [policy.core_phase_decision(p, info, Settings(), device) for p in ("0", "3a", "3b", "3-MoE")]
+            fast = device == "cuda"
+            ours = policy.plan_phases(plugins.hook, info, Settings(), device, fast)
+            core = [policy.core_phase_decision(p, info, Settings(), device, fast) for p in ("0", "3a", "3b", "3-MoE")]
             assert ours == core, (formats, device)
 
 

@@ -6,6 +6,7 @@ import types
 from dataclasses import replace
 
 import pytest
+import torch
 
 from imp_core.layers.attention import sdpa_attention
 from imp_core.plugin import policy
@@ -36,31 +37,38 @@ def plain_plugins():
 
 
 PHASE_TABLE = [
-    # (quant formats, moe, device, fast_path) -> expected enabled per phase 0, 3a, 3b, 3-MoE
-    (frozenset(), False, "cpu", "auto", (False, False, False, False)),
-    (frozenset({"nvfp4"}), True, "cuda", "auto", (True, False, True, True)),
-    (frozenset({"nvfp4"}), True, "cpu", "auto", (True, False, True, False)),
-    (frozenset({"nvfp4"}), True, "cuda", "off", (True, False, True, False)),
-    (frozenset({"fp8"}), False, "cuda", "auto", (True, False, False, False)),
-    (frozenset({"gguf:Q4_K"}), True, "cuda", "auto", (True, False, False, False)),
+    # (quant formats, moe, fast path eligible) -> expected enabled per phase 0, 3a, 3b, 3-MoE
+    (frozenset(), False, False, (False, False, False, False)),
+    (frozenset(), True, True, (False, False, False, True)),
+    (frozenset({"nvfp4"}), True, True, (True, False, True, True)),
+    (frozenset({"nvfp4"}), True, False, (True, False, True, False)),
+    (frozenset({"fp8"}), False, True, (True, False, False, False)),
+    (frozenset({"gguf:Q4_K"}), True, True, (True, False, False, True)),
+    (frozenset({"gguf:Q4_K", "gguf:Q5_0"}), True, True, (True, True, False, True)),
+    (frozenset({"gguf:Q5_0"}), False, False, (True, False, False, False)),
+    (frozenset({"mxfp4"}), True, True, (True, True, False, True)),
 ]
 
 
-@pytest.mark.parametrize("formats,moe,device,fast,expected", PHASE_TABLE)
-def test_core_phase_defaults(formats, moe, device, fast, expected):
+@pytest.mark.parametrize("formats,moe,fast,expected", PHASE_TABLE)
+def test_core_phase_defaults(formats, moe, fast, expected):
+    """The phases follow the fast-path predicate's answer (one rule, no second copy)."""
     info = _info(quant_formats=formats, is_moe=moe)
-    s = _settings(**{"runtime.fast_path": fast}).settings
-    got = tuple(policy.core_phase_decision(p, info, s, device).enabled for p in ("0", "3a", "3b", "3-MoE"))
+    s = _settings().settings
+    got = tuple(policy.core_phase_decision(p, info, s, "cuda", fast).enabled for p in ("0", "3a", "3b", "3-MoE"))
     assert got == expected
     for p in ("0", "3a", "3b", "3-MoE"):
-        assert policy.core_phase_decision(p, info, s, device).reason
+        assert policy.core_phase_decision(p, info, s, "cuda", fast).reason
+    d3a = policy.core_phase_decision("3a", info, s, "cuda", fast)
+    if d3a.enabled:
+        assert "gguf:Q5_0" in d3a.reason or "mxfp4" in d3a.reason
 
 
 def test_plugin_can_override_a_phase_and_must_keep_the_contract(plain_plugins):
     plug = types.ModuleType("phase_plug")
 
     @hookimpl
-    def imp_phase_policy(phase, model, default, settings):
+    def imp_phase_policy(phase, model, default, settings):  # a subset of the spec's parameters
         if phase == "3b":
             return replace(default, enabled=False, reason="family says no", decided_by="plug")
         return None
@@ -118,6 +126,14 @@ def test_fast_path_is_one_predicate_with_every_reason(plain_plugins):
     info = _info()
     reasons = policy.fast_path_reasons(plain_plugins.hook, info, _settings().settings, "cpu")
     assert reasons[0] == "device is cpu, not cuda"
+    assert policy.fast_path_reasons(plain_plugins.hook, info, _settings().settings, "cuda",
+                                    dtype=torch.bfloat16) == []
+    assert policy.fast_path_reasons(plain_plugins.hook, info, _settings().settings, "cpu", simulator=True) == []
+    dtype_off = policy.fast_path_reasons(plain_plugins.hook, info, _settings().settings, "cuda", dtype=torch.float32)
+    assert dtype_off == ["the kernels compute in bfloat16, the run's dtype is float32 (--dtype bfloat16)"]
+    no_family = policy.fast_path_reasons(plain_plugins.hook, info, _settings().settings, "cuda",
+                                         family_has_fast=False, kernels_error="no numba")
+    assert no_family == ["no numba", "the family has no fast decode step"]
     off = policy.fast_path_reasons(plain_plugins.hook, info, _settings(**{"runtime.fast_path": "off"}).settings, "cuda")
     assert "runtime.fast_path is off" in off
     plug = types.ModuleType("fp_plug")

@@ -5,13 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence, TextIO
 
-import torch
-
 from imp_core.run.generator import GenerationStats, Generator
 from imp_core.errors import PromptTooLongError
 from imp_core.logging import log_plan
 from imp_core.plugin.manager import PluginSet
-from imp_core.run.session import Session, build_model, inspect_checkpoint, load_tokenizer
+from imp_core.run.session import Session, inspect_checkpoint, load_session, load_tokenizer
 from imp_core.run.sampling import Sampler, SamplingParams
 from imp_core.settings.resolve import ResolvedSettings
 from imp_core.text.stop import StopMatcher
@@ -35,12 +33,10 @@ def stream(session: Session, ids: list[int], resolved: ResolvedSettings, *, stop
            out: TextIO, generator: Generator | None = None, sampler: Sampler | None = None
            ) -> GenerationStats:
     """Generate from ``ids`` and write the text to ``out`` as it is produced."""
-    model, tok = session.model, session.tokenizer
-    gen = generator or Generator(model, session.inspection.context,
-                                 cuda_graphs=resolved.settings.runtime.cuda_graphs)
+    tok = session.tokenizer
+    gen = generator or session.generator()
     if sampler is None:
-        sampler = Sampler(sampling_params(resolved), vocab_size=session.inspection.info.vocab_size,
-                          device=model.device)
+        sampler = session.sampler(sampling_params(resolved))
     decoder = tok.stream_decoder()
     matcher = StopMatcher(list(stop))
 
@@ -75,11 +71,9 @@ def run_prompt(model_path: Path, text: str, resolved: ResolvedSettings, plugins:
     insp.plan.append(("cuda graphs", ("on - the decode step is captured once and replayed" if graphs else
                                       "off - runtime.cuda_graphs is false") if insp.device.type == "cuda"
                       else f"off - device is {insp.device.type}"))
-    if insp.settings.settings.runtime.threads:
-        torch.set_num_threads(insp.settings.settings.runtime.threads)
-    session = Session(insp, build_model(insp), tokenizer)
+    session = load_session(model_path, resolved, plugins, inspection=insp, tokenizer=tokenizer)
     params = sampling_params(resolved)
-    sampler = Sampler(params, vocab_size=insp.info.vocab_size, device=session.model.device)
+    sampler = session.sampler(params)
     insp.plan.append(("sampling", _describe_sampling(params, sampler.seed)))
     log_plan("resolved plan", insp.plan)
     return stream(session, ids, resolved, stop=stop, out=out, sampler=sampler)

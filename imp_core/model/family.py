@@ -84,6 +84,14 @@ class Family(ABC):
     def build(self, config: Any, weights: WeightStore) -> CausalLM:
         """The model, its weights read from ``weights`` (every tensor must be used)."""
 
+    #: whether ``fast_model`` is implemented (read by the fast-path eligibility rule)
+    has_fast_decode: bool = False
+
+    def fast_model(self, model: CausalLM) -> Any:
+        """The family's decode step on kernels (an ``imp_core.fast.model.FastModel`` bound to
+        ``model``'s weights); families with ``has_fast_decode`` implement it."""
+        raise NotImplementedError(f"family '{self.name}' has no fast decode step")
+
     def rename(self, config: Any, checkpoint: Checkpoint) -> Callable[[str], str | None] | None:
         """An extra stored-name -> model-name map (GGUF names), or None."""
         return None

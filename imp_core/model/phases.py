@@ -1,11 +1,11 @@
-"""The pre-dequant phase pipeline (design.md "The phases") and its memory rule.
+"""The pre-dequant phase pipeline (docs/architecture.md, "Phases") and its memory rule.
 
 Phase 0 runs here, weight by weight, as the family reads its weights: the packed tensor and
 its sidecars become one ``QTensor`` (imp_core.quant.loading); then the memory rule decides
 whether the reference path keeps it packed (dequantised per call, "on the fly") or makes it
 dense now ("at load"). Phases 3a / 3b / 3-MoE build fast-path forms on the GPU; their
-implementations register in ``PHASE_IMPLS`` (the kernels do); an enabled phase with no
-implementation is reported, never silently claimed.
+implementations register in ``PHASE_IMPLS`` (from the engine's fast-path code: imp_kernels never
+imports imp_core); an enabled phase with no implementation is reported, never silently claimed.
 
 The memory rule (``quant.dequant``):
 - ``load``: every quantized weight is dequantised to the compute dtype as it is read;
@@ -86,10 +86,14 @@ def dense_bytes(plan: QuantPlan, dtype: torch.dtype) -> int:
     return total
 
 
-def choose_dequant(setting: str, dense: int, available: int | None) -> tuple[str, str]:
-    """(mode "load" | "on_the_fly", reason): the memory rule as a pure function."""
+def choose_dequant(setting: str, dense: int, available: int | None, keep_packed: bool = False
+                   ) -> tuple[str, str]:
+    """(mode "load" | "on_the_fly", reason): the memory rule as a pure function. ``keep_packed``:
+    the decode fast path reads the packed weights, so ``auto`` keeps them."""
     if setting in ("load", "on_the_fly"):
         return setting, f"quant.dequant = {setting}"
+    if keep_packed:
+        return "on_the_fly", "the decode fast path reads the packed weights (prefill dequantises per layer)"
     if available is None:
         return "load", f"dense copy {human_bytes(dense)}; free memory unknown"
     if dense <= AUTO_LOAD_FRACTION * available:
@@ -115,14 +119,15 @@ class PhasePipeline:
 
     def __init__(self, decisions: list[PhaseDecision], plan: QuantPlan, *, dequant: str = "auto",
                  dtype: torch.dtype = torch.float32, device: torch.device = torch.device("cpu"),
-                 available: int | None = None) -> None:
+                 available: int | None = None, keep_packed: bool = False) -> None:
         self.decisions = {d.phase: d for d in decisions}
         self.plan = plan
         self.dtype = dtype
         self.device = device
         self.dense_total = dense_bytes(plan, dtype)
         avail = available if available is not None else (available_memory(device) if plan.tensors else None)
-        self.mode, self.mode_reason = choose_dequant(dequant, self.dense_total, avail)
+        self.mode, self.mode_reason = choose_dequant(dequant, self.dense_total, avail, keep_packed)
+        self.keep_packed = keep_packed
         self.stats = Phase0Stats()
         self.later: list[tuple[str, str]] = []
 
@@ -160,7 +165,10 @@ class PhasePipeline:
             if d is None or not d.enabled:
                 continue
             impl = PHASE_IMPLS.get(phase)
-            if impl is None or self.device.type != "cuda":
+            if phase in ("3a", "3-MoE") and self.keep_packed:
+                self.later.append((f"phase {phase} ran", "at fast-path binding (the 'fast' lines say what each "
+                                                         "weight became)"))
+            elif impl is None or self.device.type != "cuda":
                 self.later.append((f"phase {phase} ran", "no - the reference path dequantises (no fast-path "
                                                          "implementation on this device)"))
             else:

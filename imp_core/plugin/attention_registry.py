@@ -37,11 +37,15 @@ class AttentionBackend:
     sliding_window: bool = True
     output_gate: bool = True  # the gate is applied by the family around the backend
     dtypes: frozenset[torch.dtype] | None = None  # None: any compute dtype
+    #: served only when the decode fast path is on (the reference path stays the oracle)
+    fast_path_only: bool = False
     description: str = ""
 
     def declines(self, layer: AttentionLayerSpec, device_type: str,
-                 dtype: torch.dtype | None = None) -> str | None:
+                 dtype: torch.dtype | None = None, fast_path: bool = True) -> str | None:
         """None if this backend can serve ``layer`` on ``device_type``, else the reason it can't."""
+        if self.fast_path_only and not fast_path:
+            return f"{self.name} serves the decode fast path only (off)"
         if device_type not in self.devices:
             return f"{self.name} does not run on {device_type}"
         if self.dtypes is not None and dtype is not None and dtype not in self.dtypes:

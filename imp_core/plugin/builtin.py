@@ -7,9 +7,12 @@ from imp_core.plugin.hookspecs import hookimpl
 
 @hookimpl(trylast=True)
 def imp_register_attention_backends(register):
+    from imp_core.fast.ops import NUMBA_DECODE, numba_available
     from imp_core.layers.attention import EAGER, SDPA
 
     # last in the chain: a plugin's kernels registered ahead of these are tried first
+    if numba_available():
+        register(NUMBA_DECODE, first=False)
     register(SDPA, first=False)
     register(EAGER, first=False)
 
@@ -19,10 +22,3 @@ def imp_detect_quant(checkpoint, family):
     from imp_core.quant.detect.dispatch import detect_quant
 
     return detect_quant(checkpoint)
-
-
-@hookimpl(trylast=True)
-def imp_decode_fast_path(model, settings):
-    from imp_core.plugin.policy import core_fast_path_reasons
-
-    return core_fast_path_reasons(model, settings)

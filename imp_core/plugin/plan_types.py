@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 PHASES = ("0", "3a", "3b", "3-MoE")
-"""The pre-dequant phases, in the order they run (design.md, "The phases")."""
+"""The pre-dequant phases, in the order they run (docs/architecture.md, "Phases")."""
 
 
 @dataclass(frozen=True)

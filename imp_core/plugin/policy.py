@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from imp_core.fast.eligibility import core_reasons
 from imp_core.plugin.attention_registry import AttentionRegistry
 from imp_core.errors import ConfigError, PluginError
 from imp_core.plugin.plan_types import (
@@ -31,19 +32,30 @@ def _has_prequant(info: ModelInfo) -> bool:
 
 
 # -- phases ----------------------------------------------------------------------------
-def core_phase_decision(phase: str, info: ModelInfo, settings: Settings, device: torch.device | str
-                        ) -> PhaseDecision:
-    """The core's default for one pre-dequant phase."""
+#: quantized formats the decode kernels read as they are (everything else is converted by phase 3a)
+KERNEL_FORMATS = ("nvfp4", "fp8", "gguf:Q8_0", "gguf:Q4_K", "gguf:Q6_K")
+
+
+def _needs_conversion(info: ModelInfo) -> list[str]:
+    return sorted(f for f in info.quant_formats if not f.startswith(KERNEL_FORMATS) and f != "dense")
+
+
+def core_phase_decision(phase: str, info: ModelInfo, settings: Settings, device: torch.device | str,
+                        fast_path: bool) -> PhaseDecision:
+    """The core's default for one pre-dequant phase, given the fast-path predicate's answer."""
     nvfp4 = any(f.startswith("nvfp4") for f in info.quant_formats)
-    fast = torch.device(device).type == "cuda" and settings.runtime.fast_path != "off"
     if phase == "0":
         if _has_prequant(info):
             return PhaseDecision("0", True, "prequantized weights: attach scales to their packed tensors")
         return PhaseDecision("0", False, "no prequantized weights")
     if phase == "3a":
-        if nvfp4:
-            return PhaseDecision("3a", False, "weights are already NVFP4")
-        return PhaseDecision("3a", False, "no NVFP4 decode cache is built from other formats (not enabled)")
+        if not fast_path:
+            return PhaseDecision("3a", False, "no decode fast path: the reference path dequantises")
+        convert = _needs_conversion(info)
+        if convert:
+            return PhaseDecision("3a", True, f"{', '.join(convert)} have no decode kernel: converted at bind time "
+                                             f"to bf16, the reference path's own numbers")
+        return PhaseDecision("3a", False, "every weight format has a decode kernel")
     if phase == "3b":
         if not nvfp4:
             return PhaseDecision("3b", False, "no NVFP4 weights")
@@ -51,20 +63,21 @@ def core_phase_decision(phase: str, info: ModelInfo, settings: Settings, device:
     if phase == "3-MoE":
         if not info.is_moe:
             return PhaseDecision("3-MoE", False, "not a mixture-of-experts model")
-        if not nvfp4:
-            return PhaseDecision("3-MoE", False, "experts are not NVFP4")
-        if not fast:
-            return PhaseDecision("3-MoE", False, "contiguous expert buffers only serve the CUDA fast path")
-        return PhaseDecision("3-MoE", True, "contiguous per-layer NVFP4 expert buffers for device-side routing")
+        if not fast_path:
+            return PhaseDecision("3-MoE", False, "contiguous expert buffers only serve the decode fast path")
+        return PhaseDecision("3-MoE", True, "one contiguous per-layer expert buffer per projection for "
+                                            "device-side routing")
     raise ValueError(f"unknown phase {phase!r}")
 
 
-def plan_phases(hook: Any, info: ModelInfo, settings: Settings, device: torch.device | str) -> list[PhaseDecision]:
-    """Every phase's decision: the core default unless a plugin's ``imp_phase_policy`` overrides it."""
+def plan_phases(hook: Any, info: ModelInfo, settings: Settings, device: torch.device | str,
+                fast_path: bool = False) -> list[PhaseDecision]:
+    """Every phase's decision: the core default unless a plugin's ``imp_phase_policy`` overrides it.
+    ``fast_path`` is the answer of ``fast_path_reasons`` (the one eligibility predicate)."""
     device = torch.device(device)
     out = []
     for phase in PHASES:
-        default = core_phase_decision(phase, info, settings, device)
+        default = core_phase_decision(phase, info, settings, device, fast_path)
         answer = hook.imp_phase_policy(phase=phase, model=info, default=default, settings=settings, device=device)
         if answer is None:
             out.append(default)
@@ -78,8 +91,8 @@ def plan_phases(hook: Any, info: ModelInfo, settings: Settings, device: torch.de
 
 # -- attention -------------------------------------------------------------------------
 def attention_candidates(layer: AttentionLayerSpec, settings: Settings, device: torch.device | str,
-                         registry: AttentionRegistry, dtype: torch.dtype | None = None
-                         ) -> tuple[list[str], list[str]]:
+                         registry: AttentionRegistry, dtype: torch.dtype | None = None,
+                         fast_path: bool = False) -> tuple[list[str], list[str]]:
     """(backends that accept the layer, best first; reasons of those that declined)."""
     wanted = settings.attention.backend
     device_type = torch.device(device).type
@@ -89,19 +102,19 @@ def attention_candidates(layer: AttentionLayerSpec, settings: Settings, device: 
     names = list(registry) if wanted == "auto" else [wanted]
     accepted, declined = [], []
     for name in names:
-        why = registry[name].declines(layer, device_type, dtype)
+        why = registry[name].declines(layer, device_type, dtype, fast_path)
         (declined if why else accepted).append(why or name)
     return accepted, declined
 
 
 def choose_attention(hook: Any, layers: tuple[AttentionLayerSpec, ...], settings: Settings,
                      device: torch.device | str, registry: AttentionRegistry,
-                     dtype: torch.dtype | None = None) -> list[AttentionChoice]:
+                     dtype: torch.dtype | None = None, fast_path: bool = False) -> list[AttentionChoice]:
     """One backend per attention layer; plugins may pick among (or decline) the candidates."""
     device = torch.device(device)
     out = []
     for layer in layers:
-        candidates, declined = attention_candidates(layer, settings, device, registry, dtype)
+        candidates, declined = attention_candidates(layer, settings, device, registry, dtype, fast_path)
         if not candidates:
             raise ConfigError(f"no attention backend can serve layer {layer.index} "
                               f"(head_dim {layer.head_dim}, {layer.kind}): {'; '.join(declined)}")
@@ -132,19 +145,14 @@ def summarize_attention(layers: tuple[AttentionLayerSpec, ...], choices: list[At
 
 
 # -- decode fast path ------------------------------------------------------------------
-def core_fast_path_reasons(info: ModelInfo, settings: Settings) -> list[str]:
-    """The core's own reasons the GPU decode fast path cannot run."""
-    reasons = []
-    if settings.runtime.fast_path == "off":
-        reasons.append("runtime.fast_path is off")
-    reasons.append("the Numba-CUDA decode step is not wired into the engine yet (reference path)")
-    return reasons
-
-
-def fast_path_reasons(hook: Any, info: ModelInfo, settings: Settings, device: torch.device | str) -> list[str]:
-    """The single eligibility predicate: every plugin's and the core's reasons, or [] if eligible."""
+def fast_path_reasons(hook: Any, info: ModelInfo, settings: Settings, device: torch.device | str, *,
+                      dtype: torch.dtype | None = None, family_has_fast: bool = True,
+                      kernels_error: str | None = None, simulator: bool = False) -> list[str]:
+    """The single eligibility predicate: the core's reasons and every plugin's, or [] if eligible.
+    The phases and the generator both read this answer."""
     device = torch.device(device)
-    reasons = [] if device.type == "cuda" else [f"device is {device.type}, not cuda"]
+    reasons = core_reasons(setting=settings.runtime.fast_path, device=device, dtype=dtype,
+                           family_has_fast=family_has_fast, kernels_error=kernels_error, simulator=simulator)
     for answer in hook.imp_decode_fast_path(model=info, settings=settings, device=device):
         if answer:
             reasons.extend(answer)

@@ -1,7 +1,7 @@
 """E2M1 (FP4) code packing, unpacking and round-to-nearest, shared by NVFP4 and MXFP4.
 
 HF checkpoints (ModelOpt, compressed-tensors, MX) pack two codes per byte with the even element in
-the LOW nibble (formats.md §2.3). ggml blocks use first-half/second-half order instead; that lives
+the LOW nibble (docs/formats.md, "NVFP4"). ggml blocks use first-half/second-half order instead; that lives
 in gguf_fp4.py.
 """
 
@@ -13,7 +13,7 @@ from imp_core.quant.tables import E2M1_MAX, cached_table, e2m1_table
 
 # Round-to-nearest boundaries between consecutive E2M1 magnitudes; a value exactly on a boundary
 # goes to the even code (0.25->0, 0.75->1.0, 1.25->1.0, 1.75->2.0, 2.5->2.0, 3.5->4.0, 5->4.0),
-# formats.md §1.2.
+# docs/formats.md, "Element formats".
 _BOUNDS = (0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0)
 
 

@@ -1,4 +1,4 @@
-"""FP8 (float8_e4m3fn) weights with per-tensor, per-channel or 2-D block scales (formats.md §4, §2.8).
+"""FP8 (float8_e4m3fn) weights with per-tensor, per-channel or 2-D block scales (docs/formats.md, "FP8").
 
 Every flavour multiplies: ``W = float(w) * scale`` broadcast over its granularity. That includes the
 HF/DeepSeek block format whose scale is named ``weight_scale_inv`` (``[ceil(N/128), ceil(K/128)]``,

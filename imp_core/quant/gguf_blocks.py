@@ -15,7 +15,7 @@ from imp_core.errors import QuantError
 from imp_core.quant import gguf_fp4, gguf_kquants, gguf_legacy
 from imp_core.quant._checks import target_device
 
-# name -> (elements per block, bytes per block); formats.md §6.2 / gguf GGML_QUANT_SIZES.
+# name -> (elements per block, bytes per block); docs/formats.md "GGUF block types" / gguf GGML_QUANT_SIZES.
 GGUF_BLOCK: dict[str, tuple[int, int]] = {
     "F32": (1, 4),
     "F16": (1, 2),

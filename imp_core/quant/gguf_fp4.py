@@ -1,6 +1,6 @@
 """GGUF's 4-bit float blocks: MXFP4 (32 elements, E8M0 scale) and NVFP4 (64 elements, 4 UE4M3 scales).
 
-ggml stores E2M1 doubled as small integers and halves the block scale (formats.md §1.2, §6.3);
+ggml stores E2M1 doubled as small integers and halves the block scale (docs/formats.md, "Element formats");
 we decode the same way so results are bit-identical to gguf-py/ggml. Nibble order is
 first-half/second-half within each (sub-)block, NOT the even/odd order of HF NVFP4 checkpoints.
 GGUF NVFP4's per-tensor ``.scale`` is not part of the block; callers multiply it afterwards.
@@ -52,7 +52,7 @@ def hf_nvfp4_to_gguf_blocks(codes: torch.Tensor, block_scale: torch.Tensor) -> t
     """Repack HF NVFP4 (uint8 [N, K/2] even/odd nibbles, float8_e4m3fn [N, K/16]) into GGUF NVFP4
     blocks, uint8 [N, K/64 * 36]: the sign bit of each E4M3 scale is dropped (UE4M3) and the nibbles
     are reordered to ggml's first-half/second-half order, as llama.cpp's converter does
-    (formats.md §6.3, §6.10). The global scale is not part of the blocks. Requires K % 64 == 0.
+    (docs/formats.md, "NVFP4 inside GGUF"). The global scale is not part of the blocks. Requires K % 64 == 0.
     """
     if codes.dtype != torch.uint8 or block_scale.dtype != torch.float8_e4m3fn:
         raise QuantError("hf_nvfp4_to_gguf_blocks expects uint8 codes and float8_e4m3fn block scales")

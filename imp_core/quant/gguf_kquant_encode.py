@@ -3,7 +3,7 @@
 For building fixtures and tests, not for producing good GGUF files: each sub-block takes the
 plain max-based scale (and min, for the asymmetric types) and its 6/8/4-bit scale codes are
 rounded against one fp16 super-block scale; llama.cpp's iterative scale search is not
-reproduced. Layouts follow formats.md §6.3 exactly (checked against gguf-py's decoder).
+reproduced. Layouts follow docs/formats.md "GGUF block types" exactly (checked against gguf-py's decoder).
 Each ``encode_*`` maps float32 [n_blocks, 256] -> uint8 [n_blocks, block_bytes].
 """
 

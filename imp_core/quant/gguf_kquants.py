@@ -1,7 +1,7 @@
 """Block decoders for the GGUF K-quants (256-element super-blocks): Q2_K, Q3_K, Q4_K, Q5_K, Q6_K.
 
 Each ``decode_*`` takes ``blocks`` uint8 [n_blocks, block_bytes] and returns float32 [n_blocks, 256].
-Layouts and formulas: formats.md §6.3 (element ``e = 128h + 32j + i`` where stated). Float
+Layouts and formulas: gguf-py's ``quants.py`` (element ``e = 128h + 32j + i`` where stated). Float
 operations are ordered as in gguf-py so results are bit-identical to it.
 """
 

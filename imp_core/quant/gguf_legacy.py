@@ -1,7 +1,7 @@
 """Block decoders for the plain and 32-element GGUF types: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1.
 
 Each ``decode_*`` takes ``blocks`` uint8 [n_blocks, block_bytes] and returns float32
-[n_blocks, block_elems]. Layouts: formats.md §6.3. The order of the float operations follows
+[n_blocks, block_elems]. Layouts: docs/formats.md, "GGUF block types". The order of the float operations follows
 gguf-py's numpy reference so results are bit-identical to it.
 """
 

@@ -1,6 +1,6 @@
 """NVFP4 (E2M1 codes, E4M3 scale per 16 elements, one FP32 global scale) as stored in HF checkpoints.
 
-Layout and scale conventions: formats.md §2 (ModelOpt) and §3 (compressed-tensors).
+Layout and scale conventions: docs/formats.md, "NVFP4" (ModelOpt and compressed-tensors).
 ``W[n, 16b+i] = E2M1[code] * float(block_scale[n, b]) * global`` where ``global`` is a MULTIPLIER:
 ModelOpt stores it as is (``weight_scale_2``), compressed-tensors stores its inverse
 (``weight_global_scale``); convert with the two helpers below before calling ``dequant_nvfp4``.
@@ -110,10 +110,10 @@ def quantize_nvfp4(
     where ``stored_global`` is what that producer writes to disk (one per tensor, float32):
     - "modelopt": ``weight_scale_2 = amax / (6*448)`` (0-d, a multiplier); block scale
       ``fp8(clamp(block_amax / (6*weight_scale_2), 2^-9, 448))`` with all-zero blocks set to 1.0
-      (formats.md §2.4, ModelOpt ``NVFP4QTensor.quantize``).
+      (ModelOpt ``NVFP4QTensor.quantize``).
     - "compressed-tensors": ``weight_global_scale = 6*448 / amax`` (shape [1], a divisor); block
       scale ``fp8(clamp(weight_global_scale * block_amax / 6, -448, 448))`` with scales that round
-      to 0 set to 0.125 (formats.md §3.3, ``generate_gparam`` + ``calculate_qparams``).
+      to 0 set to 0.125 (compressed-tensors ``generate_gparam`` + ``calculate_qparams``).
     ``global_scale`` (modelopt only) replaces the calibrated ``weight_scale_2`` by a fixed
     multiplier, as ModelOpt's ``weights_scaling_factor_2`` argument does (e.g. 1.0 for GGUF NVFP4
     blocks that carry no tensor scale). For fixtures and tests; vectorised torch. On CPU the output

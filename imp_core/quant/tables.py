@@ -1,7 +1,7 @@
 """Decode tables for the small float formats used by quantized checkpoints.
 
 All tables are float32 lookup tables indexed by the stored code, built from the bit formulas in
-formats.md §1.2-1.3 (not from torch's float8 dtypes, so they also work where a device lacks them).
+docs/formats.md, "Element formats" (not from torch's float8 dtypes, so they also work where a device lacks them).
 Tables are cached per device.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-# E2M1: code = sign<<3 | magnitude index (formats.md §1.2).
+# E2M1: code = sign<<3 | magnitude index (docs/formats.md, "Element formats").
 E2M1_MAGNITUDES = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
 E2M1_MAX = 6.0
 E4M3_MAX = 448.0

@@ -56,7 +56,7 @@ class Generator:
     """Owns one sequence's cache and the static decode buffers."""
 
     def __init__(self, model: CausalLM, context: int, *, prefill_chunk: int = PREFILL_CHUNK,
-                 cuda_graphs: bool = False) -> None:
+                 cuda_graphs: bool = False, decoder: Callable[[object], Callable] | None = None) -> None:
         self.model = model
         self.cuda_graphs = cuda_graphs and model.device.type == "cuda"
         self._graphs: dict[int, tuple[object, object]] = {}  # id(sampler) -> (sampler, CUDAGraph)
@@ -67,6 +67,8 @@ class Generator:
         self.length = 0  # tokens in the cache (host-side bookkeeping, never read from the device)
         self.token_buf = torch.zeros((1, 1), dtype=torch.long, device=self.device)
         self.pos_buf = torch.zeros(1, dtype=torch.long, device=self.device)
+        # the fast path's decode step for this cache (None: the reference forward)
+        self.decoder = decoder(self.cache) if decoder is not None else None
 
     def reset(self) -> None:
         self.model.reset_cache(self.cache)
@@ -98,6 +100,8 @@ class Generator:
     def decode_step(self) -> torch.Tensor:
         """Feed ``token_buf`` at position ``pos_buf + 1``; return logits [1, V]. Capture-ready."""
         self.pos_buf.add_(1)
+        if self.decoder is not None:
+            return self.decoder(self.token_buf, self.pos_buf)
         logits = self.model.forward(self.token_buf, self.pos_buf, self.cache, last_only=True)
         return logits[:, -1]
 

@@ -19,6 +19,8 @@ from imp_core.checkpoint.base import Checkpoint
 from imp_core.checkpoint.open import open_checkpoint
 from imp_core.errors import ConfigError, DeviceError, QuantError
 from imp_core.model.family import CausalLM, Family
+from imp_core.run.generator import Generator
+from imp_core.run.sampling import Sampler, SamplingParams
 from imp_core.plugin.attention_registry import AttentionBackend
 from imp_core.plugin.plan_types import ArchitectureSpec, AttentionChoice, ModelInfo, PhaseDecision
 from imp_core.plugin.manager import PluginSet
@@ -111,6 +113,21 @@ def check_implemented(s) -> None:
         raise ConfigError(f"moe.experts_impl '{s.moe.experts_impl}' is not supported yet (only 'auto')")
 
 
+def _fast_path_reasons(plugins: PluginSet, family: Family, info: ModelInfo, s, device: torch.device,
+                       dtype: torch.dtype) -> list[str]:
+    """The one eligibility predicate, with the core's environment facts gathered here (the
+    kernel import is only tried when nothing else already rules the fast path out)."""
+    from imp_core.fast import eligibility
+
+    args = dict(dtype=dtype, family_has_fast=family.has_fast_decode, simulator=eligibility.simulator_on())
+    reasons = policy.fast_path_reasons(plugins.hook, info, s, device, **args)
+    if not reasons:
+        err = eligibility.kernels_importable()
+        if err:
+            reasons = policy.fast_path_reasons(plugins.hook, info, s, device, kernels_error=err, **args)
+    return reasons
+
+
 def inspect_checkpoint(path: str | Path, resolved: ResolvedSettings, plugins: PluginSet) -> Inspection:
     """Resolve the architecture and every policy decision for ``path``; read no tensor bytes."""
     checkpoint = open_checkpoint(path)
@@ -144,9 +161,13 @@ def inspect_checkpoint(path: str | Path, resolved: ResolvedSettings, plugins: Pl
     if context > max_ctx:
         logger.warning("runtime.context {} exceeds the model's max_position_embeddings {}", context, max_ctx)
 
-    phases = policy.plan_phases(plugins.hook, info, s, device)
-    attention = policy.choose_attention(plugins.hook, info.attention_layers, s, device, plugins.attention, dtype)
-    reasons = policy.fast_path_reasons(plugins.hook, info, s, device)
+    reasons = _fast_path_reasons(plugins, family, info, s, device, dtype)
+    fast = not reasons
+    if s.runtime.fast_path == "on" and not fast:
+        raise ConfigError("runtime.fast_path is 'on' but the decode fast path cannot run: " + "; ".join(reasons))
+    phases = policy.plan_phases(plugins.hook, info, s, device, fast)
+    attention = policy.choose_attention(plugins.hook, info.attention_layers, s, device, plugins.attention, dtype,
+                                        fast)
 
     plan = [
         ("architecture", f"{info.architecture} -> family '{spec.family}' (plugin {spec.plugin})"),
@@ -172,11 +193,31 @@ def inspect_checkpoint(path: str | Path, resolved: ResolvedSettings, plugins: Pl
 
 @dataclass
 class Session:
-    """A loaded model, its tokenizer and the plan that produced them."""
+    """A loaded model, its tokenizer and the plan that produced them; ``fast`` is the bound
+    decode fast path (None on the reference path)."""
 
     inspection: Inspection
     model: CausalLM
     tokenizer: Any
+    fast: Any = None
+
+    def generator(self, *, context: int | None = None) -> Generator:
+        """A generator for one sequence: the fast decoder when the fast path is bound."""
+        insp = self.inspection
+        return Generator(self.model, context or insp.context, cuda_graphs=insp.settings.settings.runtime.cuda_graphs,
+                         decoder=self.fast.decoder if self.fast is not None else None)
+
+    def sampler(self, params: SamplingParams) -> Sampler:
+        """The sampler for ``params``: the device kernel on the fast path where it reproduces
+        ``Sampler``, else ``Sampler`` itself."""
+        vocab = self.inspection.info.vocab_size
+        if self.fast is None:
+            return Sampler(params, vocab_size=vocab, device=self.model.device)
+        from imp_core.fast.sampling import fast_sampler
+
+        sampler, how = fast_sampler(params, vocab, self.model.device)
+        self.inspection.plan.append(("sampler", how))
+        return sampler
 
 
 def _renames(insp: Inspection) -> tuple[Any, Any]:
@@ -197,7 +238,7 @@ def build_model(insp: Inspection, *, progress: bool = True) -> CausalLM:
 
     rename, transform = _renames(insp)
     pipeline = PhasePipeline(insp.phases, insp.quant_plan, dequant=insp.settings.settings.quant.dequant,
-                             dtype=insp.dtype, device=insp.device)
+                             dtype=insp.dtype, device=insp.device, keep_packed=not insp.fast_path_reasons)
     weights = WeightStore(insp.checkpoint, device=insp.device, dtype=insp.dtype,
                           quant_plan=insp.quant_plan, extra_skip=insp.family.skip_prefixes,
                           rename=rename, progress=progress, transform=transform, phases=pipeline)
@@ -226,11 +267,26 @@ def load_tokenizer(insp: Inspection) -> Any:
     return Tokenizer.from_dir(insp.checkpoint.directory)
 
 
+def bind_fast(insp: Inspection, model: CausalLM) -> Any:
+    """Bind the decode fast path when the predicate allows it (phases 3a / 3-MoE happen here)."""
+    if insp.fast_path_reasons:
+        return None
+    from imp_core.fast.model import bind_fast_path
+
+    fast = bind_fast_path(insp.family, model)
+    for label, text in fast.plan:
+        logger.info("{}: {}", label, text)
+    insp.load_report.extend(fast.plan)
+    return fast
+
+
 def load_session(path: str | Path, resolved: ResolvedSettings, plugins: PluginSet, *,
-                 progress: bool = True) -> Session:
-    insp = inspect_checkpoint(path, resolved, plugins)
+                 progress: bool = True, inspection: Inspection | None = None, tokenizer: Any = None) -> Session:
+    """Inspect (unless ``inspection`` is given), read the tokenizer and the weights, bind the
+    fast path where eligible."""
+    insp = inspection or inspect_checkpoint(path, resolved, plugins)
     if insp.settings.settings.runtime.threads:
         torch.set_num_threads(insp.settings.settings.runtime.threads)
-    tokenizer = load_tokenizer(insp)
+    tokenizer = tokenizer or load_tokenizer(insp)
     model = build_model(insp, progress=progress)
-    return Session(insp, model, tokenizer)
+    return Session(insp, model, tokenizer, bind_fast(insp, model))

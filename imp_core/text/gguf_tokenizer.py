@@ -1,4 +1,4 @@
-"""A working ``tokenizers`` tokenizer (and chat template) from GGUF metadata (formats.md §6.6).
+"""A working ``tokenizers`` tokenizer (and chat template) from GGUF metadata (docs/formats.md, "GGUF tokenizer and chat template").
 
 ``tokenizer.ggml.model``:
 - ``gpt2``: byte-level BPE from ``tokens`` (ids in order) and ``merges`` ("a b"); the split

@@ -30,6 +30,13 @@ class MistralFamily(Family):
                          vocab_size=cfg.vocab_size, layer_kinds=("attention",) * cfg.num_hidden_layers,
                          attention_layers=layers)
 
+    has_fast_decode = True
+
+    def fast_model(self, model):
+        from imp_mistral.decode import MistralFast
+
+        return MistralFast(model)
+
     def build(self, cfg: MistralConfig, weights: WeightStore):
         from imp_mistral.model import MistralModel
 

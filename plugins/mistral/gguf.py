@@ -1,5 +1,5 @@
 """Mistral/Llama GGUF files: the family config from ``llama.*`` / ``mistral3.*`` metadata, and
-the converter transforms to undo (formats.md §6.9).
+the converter transforms to undo (docs/formats.md, "Converter transforms imp undoes").
 
 llama.cpp's ``LlamaModel`` (used for both arches) permutes the rows of ``q_proj`` and
 ``k_proj`` from HF's rotate-half layout to interleaved pairs; ``llama_unpermute`` puts them

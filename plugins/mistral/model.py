@@ -1,4 +1,4 @@
-"""The Mistral forward on the reference path (architectures.md §3.3), built from imp_core.layers."""
+"""The Mistral forward on the reference path (transformers 5.24 ``MistralModel``), built from imp_core.layers."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Mistral/Llama tensor names: the GGUF table for llama.cpp's ``llama`` and ``mistral3`` arches.
 
-Both arches list the same tensors (formats.md §6.9, gguf ``MODEL_TENSORS``); note that
+Both arches list the same tensors (gguf ``MODEL_TENSORS``); note that
 ``post_attention_layernorm`` is ``ffn_norm`` here. ``rope_freqs`` is only written for
 llama3-style rope scaling, which this family refuses (config.py), so it is not mapped.
 """

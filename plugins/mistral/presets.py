@@ -1,6 +1,6 @@
 """Real-shape configs (text decoder) for benchmarks and full-size smoke runs with random weights.
 
-Values: architectures.md §3.1 (Mistral-Small-3.2-24B-Instruct-2506 text_config).
+Values: the text_config of Mistral-Small-3.2-24B-Instruct-2506's config.json.
 """
 
 MISTRAL_SMALL_3_2_24B = {

@@ -1,4 +1,4 @@
-"""compressed-tensors / llm-compressor (formats.md §3, §4) and HF block-FP8 (``quant_method: fp8``).
+"""compressed-tensors / llm-compressor (docs/formats.md, "NVFP4", "FP8") and HF block-FP8 (``quant_method: fp8``).
 
 compressed-tensors: ``config_groups`` say which modules (``targets``: "Linear", names or
 ``re:`` regexes) carry which weight scheme; ``ignore`` lists modules left dense. NVFP4

@@ -1,4 +1,4 @@
-"""GGUF: the per-tensor type comes from each tensor info (formats.md §6), never from file_type.
+"""GGUF: the per-tensor type comes from each tensor info (docs/formats.md, "GGUF block types"), never from file_type.
 
 F32/F16/BF16 (and integer) tensors are dense. Block types imp can dequantize become
 ``gguf:<TYPE>``; any other ggml type (IQ*, Q8_K, TQ*, ...) is refused naming the tensor. A GGUF

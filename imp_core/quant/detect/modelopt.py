@@ -1,4 +1,4 @@
-"""NVIDIA ModelOpt exports (formats.md §2): ``hf_quant_config.json`` and/or ``quant_method: modelopt``.
+"""NVIDIA ModelOpt exports (docs/formats.md, "NVFP4 from ModelOpt"): ``hf_quant_config.json`` and/or ``quant_method: modelopt``.
 
 Per module: ``weight`` U8 + ``weight_scale`` F8_E4M3 + ``weight_scale_2`` F32 (NVFP4, the global
 MULTIPLIES), or ``weight`` F8_E4M3 + ``weight_scale`` F32 (FP8 per-tensor / per-channel);

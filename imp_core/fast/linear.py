@@ -1,0 +1,167 @@
+"""Linear projections on the decode fast path: one kernel per weight, chosen once at build time.
+
+``bind_linear(weight)`` looks at the weight as the reference path holds it (a dense tensor or a
+``QTensor``) and returns a ``FastLinear`` that computes ``out = x @ W^T (+ residual)`` for the M <= 8
+rows of a decode step with the kernel for its format:
+
+| weight                         | kernel                                   | layout built here        |
+|--------------------------------|------------------------------------------|--------------------------|
+| dense bf16                     | ``linear_bf16`` (cuBLAS or the numba GEMV, whichever measured faster) | none |
+| fp8 per-tensor/channel/128-block | ``gemv_fp8``                           | ``repack.fp8_tile``      |
+| nvfp4 (ModelOpt, compressed-tensors) | ``gemv_nvfp4``                     | ``repack.nvfp4_tile``    |
+| gguf Q8_0 / Q4_K / Q6_K        | ``gemv_gguf`` on the native blocks       | padded byte buffer       |
+| anything else (phase 3a)       | ``linear_bf16`` on the weight dequantised to bf16 | dense copy      |
+
+The last row is phase 3a's rule: a format with no kernel is dequantised to the compute dtype,
+which is exactly what the reference path multiplies with (``Linear`` dequantises to the
+activation dtype), so the fast path computes the same model and never a coarser one. Every
+choice carries a one-line reason for the resolved plan.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from imp_core.quant import QTensor
+
+GGUF_KERNEL_TYPES = ("Q8_0", "Q4_K", "Q6_K")
+
+
+def _kernels():
+    from imp_kernels import gemv_bf16, gemv_fp8, gemv_gguf, gemv_nvfp4, gguf_common, repack
+
+    return gemv_bf16, gemv_fp8, gemv_gguf, gemv_nvfp4, gguf_common, repack
+
+
+@dataclass
+class FastLinear:
+    """One bound projection: ``self(x, out, residual=None)`` with x [M, K] bf16, out [M, N]."""
+
+    kind: str  # "bf16", "fp8", "nvfp4", "gguf:<TYPE>"
+    reason: str
+    n: int
+    k: int
+    tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes one call reads from weights (what the roofline counts)."""
+        return sum(t.numel() * t.element_size() for t in self.tensors.values())
+
+    def __call__(self, x: torch.Tensor, out: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        gemv_bf16, gemv_fp8, gemv_gguf, gemv_nvfp4, _, _ = _kernels()
+        t = self.tensors
+        if self.kind == "bf16":
+            gemv_bf16.linear_bf16(x, t["weight"], out, residual=residual)
+        elif self.kind == "fp8":
+            gemv_fp8.gemv_fp8(x, t["codes"], t["scale"], out, residual=residual)
+        elif self.kind == "nvfp4":
+            gemv_nvfp4.gemv_nvfp4(x, t["codes"], t["scales"], t["gscale"], out, residual=residual)
+        else:
+            gemv_gguf.gemv_gguf(x, t["raw32"], self.meta["qtype"], self.n, out, residual=residual)
+        return out
+
+
+def _dense(w: torch.Tensor, reason: str) -> FastLinear:
+    w = w.to(torch.bfloat16).contiguous()
+    return FastLinear("bf16", reason, int(w.shape[0]), int(w.shape[1]), {"weight": w})
+
+
+def _fp8_scale(qt: QTensor) -> torch.Tensor | None:
+    """The scale in the shape ``gemv_fp8`` reads, or None when its granularity has no kernel."""
+    n, k = qt.shape
+    s = qt.scales["scale"].float()
+    granularity = qt.meta.get("granularity") or ("block" if "block_size" in qt.meta else None)
+    if granularity == "block" or (s.dim() == 2 and s.shape[1] > 1):
+        block = tuple(qt.meta.get("block_size") or (128, 128))
+        want = (-(-n // 128), -(-k // 128))
+        if block != (128, 128) or tuple(s.shape) != want:
+            return None
+        return s.contiguous()
+    if s.numel() == 1:
+        return s.reshape(1).contiguous()
+    if s.numel() == n:
+        return s.reshape(n).contiguous()
+    return None
+
+
+def bind_linear(weight: Any, *, name: str = "") -> FastLinear:
+    """The kernel form of one [N, K] weight (dense tensor or QTensor), with the reason."""
+    _, _, _, _, gguf_common, repack = _kernels()
+    if isinstance(weight, torch.Tensor):
+        return _dense(weight, "bf16 weight: cuBLAS / numba GEMV")
+    qt: QTensor = weight
+    if len(qt.shape) != 2:
+        raise ValueError(f"bind_linear: '{name or qt.name}' has shape {list(qt.shape)}, expected [N, K]")
+    n, k = qt.shape
+    if qt.qtype == "nvfp4":
+        codes, scales = repack.nvfp4_tile(qt.data, qt.scales["block"].view(torch.uint8))
+        gscale = qt.scales["global"].float().reshape(1).contiguous()
+        return FastLinear("nvfp4", "nvfp4: tensor-core GEMV on the packed codes", n, k,
+                          {"codes": codes, "scales": scales, "gscale": gscale})
+    if qt.qtype == "fp8":
+        scale = _fp8_scale(qt)
+        if scale is not None:
+            return FastLinear("fp8", "fp8: tensor-core GEMV on the e4m3 codes", n, k,
+                              {"codes": repack.fp8_tile(qt.data), "scale": scale})
+        return _dense(qt.dequantize(torch.bfloat16),
+                      "fp8 with a scale granularity the kernel lacks: dequantised to bf16 (phase 3a)")
+    if qt.qtype.startswith("gguf:"):
+        gtype = qt.qtype.split(":", 1)[1].upper()
+        if gtype in GGUF_KERNEL_TYPES and "global" not in qt.scales:
+            return FastLinear(f"gguf:{gtype}", f"gguf {gtype}: GEMV on the native blocks", n, k,
+                              {"raw32": gguf_common.gguf_device_buffer(qt.data)}, {"qtype": gtype})
+        return _dense(qt.dequantize(torch.bfloat16),
+                      f"gguf {gtype} has no kernel: dequantised to bf16, the reference path's own numbers "
+                      f"(phase 3a)")
+    return _dense(qt.dequantize(torch.bfloat16),
+                  f"{qt.qtype} has no kernel: dequantised to bf16, the reference path's own numbers (phase 3a)")
+
+
+def fuse_rows(weights: list[Any]) -> Any | None:
+    """One weight whose rows are ``weights``' rows in order (q|k|v, gate|up), or None when
+    their formats cannot be joined without changing a number (different qtypes or scales)."""
+    if all(isinstance(w, torch.Tensor) for w in weights):
+        return torch.cat([w.to(torch.bfloat16) for w in weights], dim=0)
+    if not all(isinstance(w, QTensor) for w in weights):
+        return None
+    first = weights[0]
+    if any(w.qtype != first.qtype or len(w.shape) != 2 or w.shape[1] != first.shape[1] for w in weights):
+        return None
+    rows = sum(w.shape[0] for w in weights)
+    shape = (rows, first.shape[1])
+    if first.qtype.startswith("gguf:") and not any("global" in w.scales for w in weights):
+        return QTensor(first.qtype, torch.cat([w.data.reshape(w.shape[0], -1) for w in weights]), shape)
+    if first.qtype == "nvfp4":
+        g = [w.scales["global"].float().reshape(-1) for w in weights]
+        if any(not torch.equal(x, g[0]) for x in g[1:]):
+            return None
+        return QTensor("nvfp4", torch.cat([w.data for w in weights]), shape,
+                       {"block": torch.cat([w.scales["block"] for w in weights]), "global": first.scales["global"]})
+    if first.qtype == "fp8":
+        scales = [_fp8_scale(w) for w in weights]
+        if any(s is None for s in scales):
+            return None
+        if all(s.numel() == w.shape[0] for s, w in zip(scales, weights)):  # per-channel
+            return QTensor("fp8", torch.cat([w.data for w in weights]), shape, {"scale": torch.cat(scales)},
+                           {"granularity": "channel"})
+        if all(s.dim() == 2 for s in scales) and all(w.shape[0] % 128 == 0 for w in weights[:-1]):
+            return QTensor("fp8", torch.cat([w.data for w in weights]), shape, {"scale": torch.cat(scales)},
+                           {"granularity": "block", "block_size": (128, 128)})
+        if all(s.numel() == 1 for s in scales) and all(torch.equal(s, scales[0]) for s in scales[1:]):
+            return QTensor("fp8", torch.cat([w.data for w in weights]), shape, {"scale": scales[0]})
+    return None
+
+
+def bind_fused(weights: list[Any], *, name: str = "") -> tuple[FastLinear, list[int]] | tuple[list[FastLinear], None]:
+    """(one FastLinear over the joined rows, the split sizes), or (one FastLinear each, None)."""
+    fused = fuse_rows(weights)
+    if fused is None:
+        return [bind_linear(w, name=name) for w in weights], None
+    lin = bind_linear(fused, name=name)
+    lin.reason = f"{len(weights)} projections in one launch; {lin.reason}"
+    return lin, [int(w.shape[0]) for w in weights]
