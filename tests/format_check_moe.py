@@ -14,7 +14,7 @@ from imp_core.settings.resolve import load_settings
 from tests.format_factory_moe import cached_fixture, load_hf
 
 PROMPT, DECODE, VOCAB = 24, 16, 512
-# formats.md §7 bands of the relative weight error ||W_q - W|| / ||W|| (measured on these fixtures:
+# docs/formats.md ("Expected quantization error") bands of the relative weight error ||W_q - W|| / ||W|| (measured on these fixtures:
 # NVFP4 ~9-10 %, FP8 e4m3 per channel ~2.5 %, Q8_0 ~0.4 %, the Q4_K_M-like mix ~3-5 % because the
 # tiny rows fall back to Q5_0 / Q8_0 where they are not a multiple of 256)
 WEIGHT_ERROR = {"ct-nvfp4": (0.07, 0.12), "ct-nvfp4-3d": (0.07, 0.12), "modelopt-nvfp4": (0.07, 0.12),

@@ -15,7 +15,7 @@ Formats and what writes them:
 - ``modelopt-nvfp4``: nvidia-modelopt 0.47.0 ``NVFP4QTensor.quantize`` (runs on CPU) with the
   fused groups' shared ``weight_scale_2`` (``get_weights_scaling_factor_2`` of the group),
   ``hf_quant_config.json`` + ``convert_hf_quant_config_format`` for config.json.
-- ``modelopt-mixed``: MIXED_PRECISION shaped like nvidia/Qwen3.6-35B-A3B-NVFP4 (formats.md §5.1):
+- ``modelopt-mixed``: MIXED_PRECISION shaped like nvidia/Qwen3.6-35B-A3B-NVFP4 (docs/formats.md, "Mixed-precision checkpoints"):
   MLP and lm_head W4A16_NVFP4, attention FP8 per-tensor (``FP8QTensor.quantize``) with
   input scales, FP8 KV cache declared with k/v scales.
 - ``fp8-block``: HF/DeepSeek ``quant_method: fp8`` with 128x128 ``weight_scale_inv`` (bytes and
@@ -25,7 +25,7 @@ Formats and what writes them:
   gguf's ``GGUFWriter`` with the converter's names (gguf's own ``get_tensor_name_map``),
   ``llama.*``/``mistral3.*`` keys, the Q/K row permutation of ``LlamaModel.permute`` and the
   tokenizer as ``tokenizer.ggml.*`` (gpt2 / tekken); Q8_0 bytes by gguf-py's quantizer, K-quant
-  blocks by imp_core.quant's formats.md §6.3 encoders; reference = gguf-py's ``dequantize``.
+  blocks by imp_core.quant's K-quant encoders; reference = gguf-py's ``dequantize``.
   The Q4_K_M-like mix follows llama-quant.cpp: norms F32, attn_v / ffn_down Q6_K on
   ``use_more_bits`` layers else Q4_K, the (tied) token embedding Q6_K, the rest Q4_K.
 """

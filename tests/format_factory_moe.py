@@ -12,18 +12,18 @@ and yields (as tests/format_factory.py does for Mistral):
 Formats (``FORMATS[family]``) and what writes them:
 - ``ct-nvfp4``: compressed-tensors 0.20 (``generate_gparam``, ``calculate_qparams``,
   ``NVFP4PackedCompressor.compress``; config via ``QuantizationConfig``); experts per expert, as
-  llm-compressor's linearised MoE saves them (formats.md §3.4); q/k/v, gate/up sharing one global
+  llm-compressor's linearised MoE saves them (docs/formats.md, "NVFP4 MoE experts"); q/k/v, gate/up sharing one global
   scale as llm-compressor links them; reference = compressed-tensors' ``dequantize``.
   Qwen: attention, experts and shared expert NVFP4; the DeltaNet, routers, shared-expert gate and
-  lm_head ignored (RedHatAI/Qwen3.5-*-NVFP4, formats.md §5.1). Gemma: every Linear but the router,
-  embeddings and vision tower (llm-compressor's Gemma-4 NVFP4 MoE example, §5.2).
+  lm_head ignored (RedHatAI/Qwen3.5-*-NVFP4). Gemma: every Linear but the router,
+  embeddings and vision tower (llm-compressor's Gemma-4 NVFP4 MoE example).
 - ``ct-nvfp4-3d``: the same weights with the experts repacked 3-D the way llm-compressor's
   ``repack_moe`` stacks the qparams (``LinearExperts2D._pack_weight_qparams``: gate/up block scales
   concatenated on the last axis, global scales [E, 2]); llm-compressor itself cannot be installed
   beside transformers 5.24 (it pins <= 5.17), so the stacking is written out here after its source.
 - ``ct-fp8``: compressed-tensors ``FP8_DYNAMIC`` (per-channel) with ``FloatQuantizationCompressor``;
   Qwen also quantizes the DeltaNet's in_proj_qkv / in_proj_z / out_proj.
-- ``modelopt-mixed`` (Qwen): MIXED_PRECISION shaped like nvidia/Qwen3.6-35B-A3B-NVFP4 (§5.1): routed
+- ``modelopt-mixed`` (Qwen): MIXED_PRECISION shaped like nvidia/Qwen3.6-35B-A3B-NVFP4 (docs/formats.md, "Mixed-precision checkpoints"): routed
   experts, shared expert and lm_head W4A16_NVFP4 (``NVFP4QTensor.quantize``, gate/up sharing
   ``weight_scale_2`` per expert as ``sync_moe_gate_up_amax`` makes them), self-attention and the
   DeltaNet's in_proj_qkv / in_proj_z / out_proj FP8 per tensor (``FP8QTensor.quantize``) with input

@@ -2,7 +2,7 @@
 convert_hf_to_gguf.py (+ llama-quantize) would, and their dequantised twins.
 
 gguf's ``GGUFWriter`` with the real arch names, gguf's own name map (``get_tensor_name_map``), the
-metadata keys of formats.md §6.7 / §6.8 and the converter's transforms applied, so the loader must undo
+metadata keys of docs/formats.md ("Converter transforms imp undoes") and the converter's transforms applied, so the loader must undo
 them (conversion/qwen.py ``Qwen3NextModel.modify_tensors`` + ``_LinearAttentionVReorderBase``,
 ``Qwen2MoeModel`` gate_up split; conversion/gemma.py ``Gemma4Model``):
 - Qwen: ``w + 1`` on every norm but ``linear_attn.norm``; ``ssm_a = -exp(A_log)`` (computed in fp32,
@@ -27,12 +27,12 @@ tensors and ``router.per_expert_scale`` FOLDED into ``ffn_down_exps.scale`` (Gem
 so the file has no per-expert-scale tensor of its own; the other weights BF16 as in the source.
 
 Types: ``gguf-q8_0`` as ``--outtype q8_0`` (every 2-D weight Q8_0; norms, 1-D tensors, routers and the
-conv F32); ``gguf-q4_k_m`` as llama-quantize Q4_K_M (llama-quant.cpp, formats.md §6.5): Q4_K default,
+conv F32); ``gguf-q4_k_m`` as llama-quantize Q4_K_M (llama-quant.cpp; docs/formats.md, "GGUF block types"): Q4_K default,
 Q6_K for the head (or the tied embedding), for attn_v/attn_qkv on ``use_more_bits`` of their count and
 for ffn_down* on ``use_more_bits`` layers; row lengths that are not a multiple of 256 fall back per
 tensor (Q4_K -> Q5_0, Q6_K -> Q8_0), as llama.cpp does; with 6 experts, llama-quant's n_expert == 8
 special cases (attn_v Q8_0, attn_output Q5_K) do not apply. Block bytes: gguf-py's quantizer for Q8_0 / Q5_0,
-imp_core.quant's formats.md §6.3 encoders for K-quants; reference = gguf-py's ``dequantize`` of the same
+imp_core.quant's encoders for K-quants; reference = gguf-py's ``dequantize`` of the same
 bytes, with the layout transforms undone by the inverse functions below.
 """
 

@@ -5,7 +5,7 @@ Layouts:
   vision tower and ``embed_vision`` that imp must skip, no lm_head because it is tied);
 - "gemma4_text": Gemma4ForCausalLM (``model.layers.*``).
 
-The tiny config follows architectures.md §4.2: 6 layers (sliding, sliding, global, sliding,
+The tiny config is one transformers 5.24 instantiates as a text model alone: 6 layers (sliding, sliding, global, sliding,
 sliding, global), 4 heads, sliding kv 2 x 16, global kv 1 x 32 with K=V and proportional RoPE
 (4 of 16 pairs rotate), 8 experts top-2, window 8, softcap 30, no PLE. Every weight that
 initialises to 1 (norms, layer_scalar, router.scale, per_expert_scale) is randomised so a wrong
@@ -97,7 +97,8 @@ def load_hf(dest: Path, layout: str = "gemma4"):
     """transformers' model loaded back from ``dest`` (fp32, eager attention): the parity oracle.
 
     The multimodal class is used for the published layout: Gemma4ForCausalLM.from_pretrained of
-    that directory would not load the decoder weights (architectures.md §4.2).
+    that directory would not load the decoder weights (transformers 5.24 does not map the
+    ``model.language_model.`` prefix there: every decoder weight is reported missing).
     """
     import transformers as tf
 

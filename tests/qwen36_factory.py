@@ -1,6 +1,6 @@
 """Tiny random Qwen3.5/3.6 checkpoints written by transformers' own classes and save_pretrained.
 
-Layouts (architectures.md §1.2, §4.3):
+Layouts (the published BF16 names, and what transformers 5.24's save_pretrained writes):
 - "fused": Qwen3_5MoeForConditionalGeneration saved with ``save_original_format=False``: the
   published BF16 names (``model.language_model.*``, fused 3-D ``mlp.experts.gate_up_proj`` /
   ``down_proj``) plus a tiny ``model.visual.*`` tower imp must skip;

@@ -7,7 +7,7 @@ Tolerance: 2e-4 absolute on softcapped fp32 logits of magnitude ~30 (7e-6 relati
 prefill and 16 cached decode steps; measured 3e-5 .. 5e-5, which is what imp vs transformers gives on
 the unquantized fp32 weights of this model too (4.1e-5: the wide final norm puts pre-softcap logits in
 the hundreds). The quantisation error against the BF16 original is printed with -s and only asserted
-loosely (format_check_moe bands, formats.md §7).
+loosely (format_check_moe bands; docs/formats.md, "Expected quantization error").
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ dequant rounding), so the tolerance is the one of the BF16 parity test: max |log
 < 1e-4, prefill (24 tokens) and 16 cached decode steps. Measured: 5e-7 .. 7e-7.
 The quantisation error against the BF16 original (transformers, fp32) is reported with -s and
 only asserted loosely: logits within a wide band, the relative weight error within the band
-formats.md §7 predicts (measured: NVFP4 9.5 %, FP8 2.6 %, Q8_0 0.54 %, Q4_K_M-like 7.0 %;
+docs/formats.md ("Expected quantization error") predicts (measured: NVFP4 9.5 %, FP8 2.6 %, Q8_0 0.54 %, Q4_K_M-like 7.0 %;
 the tiny random model amplifies these into 1.5 % (Q8_0) .. 22 % (NVFP4) relative logit error).
 """
 
@@ -69,7 +69,7 @@ def test_quantized_logits_match_transformers_on_dequantised_weights(fmt):
     print(f"\n{fmt}: max|imp - transformers(dequantised)| = {diff:.2e}; vs BF16 original: "
           f"logits max|diff| {qerr:.3f}, rel {rel:.2%}; weights rel {werr:.2%}")
     assert 0 < rel < {"gguf-q8_0": 0.02, "ct-fp8": 0.1, "fp8-block": 0.1}.get(fmt, 0.5), rel
-    # formats.md §7: NVFP4 ~9.5 %, FP8 (3 mantissa bits) ~2.5 %, Q8_0 ~0.5 % relative weight error
+    # docs/formats.md, "Expected quantization error": NVFP4 ~9.5 %, FP8 (3 mantissa bits) ~2.5 %, Q8_0 ~0.5 % relative weight error
     low, high = WEIGHT_ERROR[fmt]
     assert low < werr < high, (fmt, werr)
 

@@ -5,7 +5,7 @@ Fixtures: tests/format_factory_moe.py (real producers on a tiny random Qwen3.6 a
 Tolerance: fp32 logits (up to ~8) agree to 1e-4 absolute over a 24-token prefill and 16 cached decode
 steps (measured 8e-6 .. 1e-5, the same as unquantized fp32 parity). The quantisation error against the
 BF16 original is printed with -s and only asserted loosely (format_check_moe.WEIGHT_ERROR bands, from
-formats.md §7); the tiny random model turns 0.5 % weight error into ~15 % logit error (Gaussian noise
+docs/formats.md, "Expected quantization error"); the tiny random model turns 0.5 % weight error into ~15 % logit error (Gaussian noise
 of the same relative size does the same), so the logit bound is wide.
 """
 

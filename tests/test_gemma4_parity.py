@@ -1,18 +1,18 @@
 """Gemma-4 on the reference path against transformers 5.24 on the same tiny random weights.
 
 Oracle: transformers loaded back from the saved directory, eager attention; for the published
-(multimodal) layout Gemma4ForConditionalGeneration with text-only input (architectures.md §4.2).
+(multimodal) layout Gemma4ForConditionalGeneration with text-only input (Gemma4ForCausalLM does not load that layout).
 
 Tolerances:
 - fp32: 1e-4 absolute on logits of magnitude ~25 (measured ~6e-6 prefill and decode, i.e.
   ~2e-7 relative). Decode is compared step by step with transformers' own cached decode, whose
-  sliding layers keep W-1 keys (softmax over a different length, ~1e-7 relative, §4.4): the
+  sliding layers keep W-1 keys (softmax over a different length, ~1e-7 relative even in fp64): the
   tolerance covers that by two orders of magnitude.
 - fp64 weights/activations: prefill within one fp32 ulp of transformers' fp64 logits (imp's
   forward returns fp32 logits, so the final cast is the only rounding left; measured <= half an
   ulp). Decode 2e-5 absolute (measured ~6e-6 at logit scale ~20): both softmaxes run in fp32
   even in fp64 models, over different lengths and orders (imp's ring and full-length buffers vs
-  transformers' W-1 / growing caches), the ~1e-7-relative effect of §4.4.
+  transformers' W-1 / growing caches), the same ~1e-7-relative effect.
 - bf16 (hidden 80, so the bf16 rounding of sqrt(hidden) matters): transformers' default
   (grouped_mm) experts, same ops in the same order: measured bit-identical (0.0) in prefill and
   decode, including the embedding scale and the softcap applied in bf16; asserted as

@@ -17,7 +17,7 @@ from imp_core.errors import QuantError
 from imp_core.quant.gguf_blocks import GGUF_BLOCK, dequant_gguf, gguf_nbytes
 from imp_core.quant.gguf_quantize import quantize_gguf
 
-# byte offsets of the fp16 fields (d, dmin, m) inside each block, formats.md §6.3
+# byte offsets of the fp16 fields (d, dmin, m) inside each block, docs/formats.md "GGUF block types"
 F16_FIELDS = {
     "Q8_0": [0], "Q4_0": [0], "Q4_1": [0, 2], "Q5_0": [0], "Q5_1": [0, 2],
     "Q2_K": [80, 82], "Q3_K": [108], "Q4_K": [0, 2], "Q5_K": [0, 2], "Q6_K": [208],
@@ -78,7 +78,7 @@ def test_quantized_weights_match_gguf_py_and_round_trip(qtype):
 # Relative Frobenius error bounds on Gaussian weights: about 1.3x what was measured on 8x512
 # weights (F16 0.02 %, BF16 0.17 %, Q8_0 0.54 %, Q4_0 8.6 %, Q4_1 7.8 %, Q5_0 4.3 %, Q5_1 3.8 %,
 # MXFP4 11.3 %, NVFP4 9.6 %, and for our simple K-quant encoders Q2_K 32 %, Q3_K 15.6 %,
-# Q4_K 7.8 %, Q5_K 3.8 %, Q6_K 1.9 %), consistent with formats.md §7.
+# Q4_K 7.8 %, Q5_K 3.8 %, Q6_K 1.9 %), consistent with docs/formats.md, "Expected quantization error".
 ROUND_TRIP_BOUND = {
     "F32": 0.0, "F16": 3e-4, "BF16": 2.5e-3, "Q8_0": 0.008, "Q4_0": 0.12, "Q4_1": 0.11,
     "Q5_0": 0.06, "Q5_1": 0.055, "Q2_K": 0.42, "Q3_K": 0.21, "Q4_K": 0.105, "Q5_K": 0.052,

@@ -109,7 +109,7 @@ def test_two_conventions_dequantize_to_the_same_kind_of_error():
         codes, block, stored = quantize_nvfp4(w, convention=convention)
         back = dequant_nvfp4(codes, block, to_mult(stored))
         rel = ((back - w).norm(dim=1) / w.norm(dim=1)).max().item()
-        # formats.md §7: ~9.5 % relative Frobenius error on Gaussian weights
+        # docs/formats.md, "Expected quantization error": ~9.5 % relative Frobenius error on Gaussian weights
         assert 0.06 < rel < 0.12, (convention, rel)
 
 

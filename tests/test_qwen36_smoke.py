@@ -40,7 +40,7 @@ def test_synthetic_fallback_checkpoint_loads_and_runs(tmp_path):
     model = load_session(path, resolved, load_plugins(env={}), progress=False).model
     logits = model.forward(torch.arange(3, 83)[None], torch.arange(80), model.new_cache(1, 80), last_only=True)
     assert torch.isfinite(logits).all()
-    # the decode roofline at the real shape: ~5.9 GB of active bf16 weights (docs/gpu.md: "~6 GB")
+    # the decode roofline at the real shape: ~5.9 GB of active bf16 weights (transformers' figure: ~6 GB)
     family = Qwen36Family()
     cfg = family.config_from_dict(QWEN3_6_35B_A3B)
     need = decode_bytes(family, cfg, family.synthetic_spec(cfg), torch.bfloat16, 528)

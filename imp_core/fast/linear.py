@@ -165,3 +165,38 @@ def bind_fused(weights: list[Any], *, name: str = "") -> tuple[FastLinear, list[
     lin = bind_linear(fused, name=name)
     lin.reason = f"{len(weights)} projections in one launch; {lin.reason}"
     return lin, [int(w.shape[0]) for w in weights]
+
+
+def select_rows(weight: Any, ranges: list[tuple[int, int]]) -> Any:
+    """A weight whose rows are ``weight``'s rows ``ranges`` in the given order (e.g. Qwen's
+    per-head interleaved query|gate rows regrouped as all queries, then all gates). Exact: rows
+    move with their scales. Returns None where a scale block would be split (FP8 128-row blocks)."""
+    if isinstance(weight, torch.Tensor):
+        return torch.cat([weight[a:b] for a, b in ranges])
+    qt: QTensor = weight
+    n, k = qt.shape
+    rows = sum(b - a for a, b in ranges)
+    if qt.qtype == "fp8":
+        s = qt.scales["scale"]
+        block = s.dim() == 2 and s.shape[-1] > 1
+        if block and any(a % 128 or b % 128 for a, b in ranges):
+            return None
+        if block:
+            scale = torch.cat([s[a // 128:b // 128] for a, b in ranges])
+        elif s.numel() == n:
+            flat = s.reshape(n)
+            scale = torch.cat([flat[a:b] for a, b in ranges])
+        else:
+            scale = s
+        return QTensor("fp8", torch.cat([qt.data[a:b] for a, b in ranges]), (rows, k), {"scale": scale},
+                       dict(qt.meta))
+    if qt.qtype == "nvfp4":
+        blk = qt.scales["block"]
+        return QTensor("nvfp4", torch.cat([qt.data[a:b] for a, b in ranges]), (rows, k),
+                       {"block": torch.cat([blk[a:b] for a, b in ranges]), "global": qt.scales["global"]},
+                       dict(qt.meta))
+    if qt.qtype.startswith("gguf:"):
+        raw = qt.data.reshape(n, -1)
+        return QTensor(qt.qtype, torch.cat([raw[a:b] for a, b in ranges]), (rows, k), dict(qt.scales),
+                       dict(qt.meta))
+    return select_rows(qt.dequantize(torch.bfloat16), ranges)

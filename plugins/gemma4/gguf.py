@@ -1,5 +1,5 @@
 """Gemma-4 GGUF files (llama.cpp's ``gemma4``): the config from the metadata, the generated ``rope_freqs``
-checked against it, and the ``gemma4`` tokenizer (formats.md §6.6, §6.8; llama.cpp conversion/gemma.py
+checked against it, and the ``gemma4`` tokenizer (docs/formats.md, "Converter transforms imp undoes"; llama.cpp conversion/gemma.py
 ``Gemma4Model``).
 
 The metadata keys (prefix ``gemma4.``) give the per-layer view directly: ``sliding_window_pattern``

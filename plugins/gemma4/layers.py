@@ -1,4 +1,4 @@
-"""One Gemma-4 decoder layer on the reference path (architectures.md §2.5-§2.7).
+"""One Gemma-4 decoder layer on the reference path (transformers 5.24 ``Gemma4TextDecoderLayer`` / ``Gemma4TextAttention``).
 
 Every norm is ``Gemma4RMSNorm``: ``(x̂ · w)`` computed in fp32 with a plain weight (not 1+w), or
 weightless (v_norm, the router's input norm). Attention scale is 1.0; on k_eq_v (global) layers V

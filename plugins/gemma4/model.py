@@ -1,4 +1,4 @@
-"""The Gemma-4 text decoder on the reference path (architectures.md §2.3-§2.8).
+"""The Gemma-4 text decoder on the reference path (transformers 5.24 ``Gemma4TextModel``).
 
 Top: ``embed[ids] · bf16(sqrt(hidden))`` (the scale rounded to the activation dtype), one cos/sin
 table per layer type (default RoPE on sliding layers, proportional RoPE on global ones), the

@@ -1,4 +1,4 @@
-"""Gemma-4 tensor names: the GGUF table for llama.cpp's ``gemma4`` architecture (formats.md §6.8).
+"""Gemma-4 tensor names: the GGUF table for llama.cpp's ``gemma4`` architecture (docs/formats.md, "Converter transforms imp undoes").
 
 No norm shift and no Q/K permutation in Gemma-4 files: only names change. Two names without an HF
 tensor of their own:

@@ -1,6 +1,6 @@
 """Real-shape configs (text decoder) for benchmarks and full-size smoke runs with random weights.
 
-Values: architectures.md §2.1 (google/gemma-4-26B-A4B-it text_config, in the published spelling
+Values: the text_config of google/gemma-4-26B-A4B-it's config.json (in the published spelling, in the published spelling
 with global_head_dim / num_global_key_value_heads rather than transformers' per_layer_config).
 """
 

@@ -1,4 +1,4 @@
-"""Qwen3.5/3.6 gated full attention (architectures.md §1.5).
+"""Qwen3.5/3.6 gated full attention (transformers 5.24 ``Qwen3_5MoeAttention``).
 
 q_proj holds query and output gate interleaved *per head* ([query(D) | gate(D)] for each head);
 q and k get zero-centred (1+w) RMSNorms over the head dim; partial rotate-half RoPE on the first

@@ -1,6 +1,6 @@
 """The Qwen3.5/3.6 family's config, parsed from config.json (text_config of the multimodal wrapper).
 
-Accepts the real layout (architectures.md §1.1): ``rope_parameters`` with
+Accepts the published layout (Qwen/Qwen3.6-35B-A3B's config.json): ``rope_parameters`` with
 ``partial_rotary_factor`` and the mrope fields (older files: ``rope_scaling`` plus top-level
 ``rope_theta`` / ``partial_rotary_factor``), ``layer_types`` or ``full_attention_interval``,
 the ``linear_*`` Gated DeltaNet fields, and either the MoE fields (``qwen3_5_moe``) or a dense

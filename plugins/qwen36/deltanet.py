@@ -1,4 +1,4 @@
-"""Qwen3.5/3.6 Gated DeltaNet layer (architectures.md §1.6), built on imp_core.layers.gated_delta
+"""Qwen3.5/3.6 Gated DeltaNet layer (transformers 5.24 ``Qwen3_5MoeGatedDeltaNet``), built on imp_core.layers.gated_delta
 and imp_core.layers.causal_conv.
 
 in_proj_qkv -> causal depthwise conv (kernel K, act dtype) + silu over q|k|v; key heads repeated

@@ -78,6 +78,13 @@ class Qwen36Family(Family):
 
         return mtp_rename(cfg.num_hidden_layers)
 
+    has_fast_decode = True
+
+    def fast_model(self, model):
+        from imp_qwen36.decode import Qwen36Fast
+
+        return Qwen36Fast(model)
+
     def build(self, cfg: Qwen36Config, weights: Any):
         from imp_qwen36.model import Qwen36Model
 

@@ -1,5 +1,5 @@
 """Qwen3.5/3.6 GGUF files (``qwen35moe``, dense ``qwen35``): the config from the metadata, and the
-converter's transforms undone (formats.md §6.7; llama.cpp ``Qwen3NextModel.modify_tensors`` and
+converter's transforms undone (docs/formats.md, "Converter transforms imp undoes"; llama.cpp ``Qwen3NextModel.modify_tensors`` and
 ``_LinearAttentionVReorderBase``).
 
 What the converter did, and what undoes it here:

@@ -1,4 +1,4 @@
-"""The Qwen3.5/3.6 forward on the reference path (architectures.md §1.3-1.4).
+"""The Qwen3.5/3.6 forward on the reference path (transformers 5.24 ``Qwen3_5MoeTextModel``).
 
 Embedding (no scaling) -> per layer: x += Mixer(N(x)), x += FFN(N(x)) with zero-centred (1+w)
 norms, the mixer a Gated DeltaNet (linear_attention layers) or gated full attention

@@ -1,4 +1,4 @@
-"""Qwen3.5/3.6 feed-forward: the sparse MoE block (architectures.md §1.7) or, for the dense
+"""Qwen3.5/3.6 feed-forward: the sparse MoE block (transformers 5.24 ``Qwen3_5MoeSparseMoeBlock``) or, for the dense
 qwen3_5 sibling, a SwiGLU MLP.
 
 MoE: router logits in the activation dtype, softmax in fp32, top-k, renormalise, then the

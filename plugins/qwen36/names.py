@@ -1,6 +1,6 @@
 """Qwen3.5/3.6 tensor names: the GGUF table for llama.cpp's ``qwen35moe`` and its dense sibling ``qwen35``.
 
-formats.md §6.7 and gguf's ``MODEL_TENSORS``. Names without an HF counterpart are imp's own:
+docs/formats.md ("Converter transforms imp undoes") and gguf's ``MODEL_TENSORS``. Names without an HF counterpart are imp's own:
 - ``ffn_gate_exps`` / ``ffn_up_exps`` are the two halves of HF's fused ``mlp.experts.gate_up_proj``
   (the converter splits it); they load as ``mlp.experts.gate_proj`` / ``mlp.experts.up_proj``
   ([E, I, H] each) and ``imp_core.model.loading.load_experts`` joins them again (gate rows first);

@@ -1,6 +1,6 @@
 """Real-shape configs (text decoder) for benchmarks and full-size smoke runs with random weights.
 
-Values: architectures.md §1.1 (text_config of Qwen/Qwen3.6-35B-A3B; Qwen3.5-35B-A3B is
+Values: the text_config of Qwen/Qwen3.6-35B-A3B's config.json (Qwen3.5-35B-A3B is Qwen3.5-35B-A3B is
 identical in every field).
 """
 
