@@ -42,6 +42,13 @@ class Gemma4Family(Family):
                          is_moe=cfg.enable_moe_block, num_experts=cfg.num_experts if cfg.enable_moe_block else 0,
                          experts_per_token=cfg.top_k_experts if cfg.enable_moe_block else 0)
 
+    has_fast_decode = True
+
+    def fast_model(self, model):
+        from imp_gemma4.decode import Gemma4Fast
+
+        return Gemma4Fast(model)
+
     def build(self, cfg: Gemma4Config, weights: WeightStore):
         from imp_gemma4.model import Gemma4Model
 
