@@ -111,7 +111,8 @@ def _select(qt: Any, ids: torch.Tensor) -> Any:
         return qt.index_select(0, ids)
     e = qt.shape[0]
     pick = lambda t: t.index_select(0, ids) if t.dim() and t.shape[0] == e else t  # noqa: E731
-    return QTensor(qt.qtype, pick(qt.data), (ids.numel(), *qt.shape[1:]),
+    data = qt.data.reshape(e, -1) if qt.qtype.startswith("gguf:") else qt.data
+    return QTensor(qt.qtype, pick(data), (ids.numel(), *qt.shape[1:]),
                    {k: pick(v) for k, v in qt.scales.items()}, dict(qt.meta))
 
 

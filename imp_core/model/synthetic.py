@@ -8,7 +8,7 @@ its tensors with ``Family.synthetic_spec(config)``: name -> (shape, init), where
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from tqdm import tqdm
@@ -25,8 +25,12 @@ class SyntheticWeights:
     quant_plan = None
 
     def __init__(self, spec: Spec, *, device: torch.device, dtype: torch.dtype, seed: int = 0,
-                 progress: bool = True) -> None:
+                 progress: bool = True, formats: Callable[[str, tuple[int, ...]], str | None] | None = None
+                 ) -> None:
+        """``formats(name, shape)`` names the packed qtype of a tensor (None: dense), e.g. a
+        family's published format mix; packed tensors come out as ``QTensor`` like a checkpoint's."""
         self.spec = spec
+        self.formats = formats
         self.device = torch.device(device)
         self.dtype = dtype
         self._gen = torch.Generator(device=self.device).manual_seed(seed)
@@ -53,6 +57,12 @@ class SyntheticWeights:
         shape, init = self._entry(name)
         dt = self.dtype if dtype in (None, "keep") else dtype
         dev = device or self.device
+        qtype = self.formats(name, shape) if self.formats is not None and dtype in (None, "keep") else None
+        if qtype is not None:
+            from imp_core.model.synthetic_quant import random_qtensor
+
+            self._mark(name)
+            return random_qtensor(qtype, shape, device=dev, gen=self._gen, name=name)
         t = torch.empty(shape, dtype=dt, device=dev)
         kind, _, arg = init.partition(":")
         if kind == "normal":
@@ -68,10 +78,13 @@ class SyntheticWeights:
             t.uniform_(lo, hi, generator=self._gen)
         else:
             raise ValueError(f"unknown synthetic init {init!r} for '{name}'")
+        self._mark(name)
+        return t
+
+    def _mark(self, name: str) -> None:
         if name not in self._used:
             self._used.add(name)
             self._bar.update(1)
-        return t
 
     def get_optional(self, name: str, **kw: Any) -> Any:
         return self.get(name, **kw) if name in self.spec else None

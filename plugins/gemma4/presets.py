@@ -33,3 +33,17 @@ GEMMA_4_MINI = {
 }
 
 PRESETS = {"gemma-4-26b-a4b": GEMMA_4_26B_A4B, "gemma-4-mini": GEMMA_4_MINI}
+
+
+#: how each published (or common) checkpoint stores Gemma-4's weights, for random real-shape
+#: models (tensor role or name fragment -> qtype; unnamed roles, the tied head among them, stay bf16)
+FORMAT_MIXES = {
+    "bf16": {},
+    # NVFP4 releases: dense MLP and experts NVFP4, attention and the tied embedding/head BF16
+    "nvfp4": {"mlp": "nvfp4", "experts": "nvfp4"},
+    "fp8": {"mlp": "fp8", "experts": "fp8", "attention": "fp8"},
+    # experts' down rows of 704 take Q8_0 (no whole 256-element K-quant block), as in real files
+    "gguf-q4_k_m": {"down_proj": "gguf:Q6_K", "mlp": "gguf:Q4_K", "experts": "gguf:Q4_K",
+                    "attention": "gguf:Q4_K"},
+    "gguf-q8_0": {"mlp": "gguf:Q8_0", "experts": "gguf:Q8_0", "attention": "gguf:Q8_0"},
+}

@@ -12,3 +12,15 @@ MISTRAL_SMALL_3_2_24B = {
 }
 
 PRESETS = {"mistral-small-3.2-24b": MISTRAL_SMALL_3_2_24B}
+
+
+#: how each published (or common) checkpoint stores Mistral-Small-3.2's weights, for random
+#: real-shape models (tensor role or name fragment -> qtype; unnamed roles stay bf16)
+FORMAT_MIXES = {
+    "bf16": {},
+    "nvfp4": {"attention": "nvfp4", "mlp": "nvfp4"},  # NVFP4 releases: every linear, lm_head BF16
+    "fp8": {"attention": "fp8", "mlp": "fp8"},
+    "gguf-q4_k_m": {"down_proj": "gguf:Q6_K", "v_proj": "gguf:Q6_K", "lm_head": "gguf:Q6_K",
+                    "attention": "gguf:Q4_K", "mlp": "gguf:Q4_K"},
+    "gguf-q8_0": {"attention": "gguf:Q8_0", "mlp": "gguf:Q8_0", "lm_head": "gguf:Q8_0"},
+}

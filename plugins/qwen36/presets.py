@@ -27,3 +27,20 @@ QWEN3_6_MINI = {
 }
 
 PRESETS = {"qwen3.6-35b-a3b": QWEN3_6_35B_A3B, "qwen3.6-mini": QWEN3_6_MINI}
+
+
+#: how each published (or common) checkpoint stores Qwen3.6's weights, for random real-shape
+#: models (tensor role or name fragment -> qtype; unnamed roles stay bf16)
+FORMAT_MIXES = {
+    "bf16": {},
+    # nvidia's ModelOpt NVFP4 release: experts, shared expert and lm_head NVFP4, attention and
+    # DeltaNet projections FP8, routers and gates BF16
+    "nvfp4": {"experts": "nvfp4", "shared_expert": "nvfp4", "lm_head": "nvfp4", "attention": "fp8",
+              "linear_attention": "fp8"},
+    # Qwen's FP8 release: every linear in 128x128 blocks, lm_head BF16
+    "fp8": {"experts": "fp8", "shared_expert": "fp8", "attention": "fp8", "linear_attention": "fp8"},
+    "gguf-q4_k_m": {"down_proj": "gguf:Q6_K", "lm_head": "gguf:Q6_K", "experts": "gguf:Q4_K",
+                    "shared_expert": "gguf:Q4_K", "attention": "gguf:Q4_K", "linear_attention": "gguf:Q4_K"},
+    "gguf-q8_0": {"experts": "gguf:Q8_0", "shared_expert": "gguf:Q8_0", "attention": "gguf:Q8_0",
+                  "linear_attention": "gguf:Q8_0", "lm_head": "gguf:Q8_0"},
+}
