@@ -142,3 +142,11 @@ def config_show(config: Optional[Path] = ConfigOpt, set_items: Optional[List[str
 def main() -> None:
     app()
 
+
+def _register_commands() -> None:
+    from imp_core.cli.check import check_command
+
+    app.command("check")(check_command)
+
+
+_register_commands()

@@ -24,6 +24,9 @@ from imp_core.units import human_bytes
 class Decoder(ABC):
     """One sequence's decode step on kernels."""
 
+    #: when a list, the step appends the hidden state after every layer (imp check; eager only)
+    trace: list | None = None
+
     @abstractmethod
     def __call__(self, token: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         """token [1, 1] long and pos [1] long (the token's position), both device buffers ->

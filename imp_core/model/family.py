@@ -49,6 +49,9 @@ class CausalLM(ABC):
                 last_only: bool = False) -> torch.Tensor:
         """ids [B, T] at ``positions`` [T] (device tensor) -> logits [B, T or 1, V] in fp32."""
 
+    #: when a list, forward appends the last token's hidden state after every layer (imp check)
+    layer_trace: list | None = None
+
     #: the backend each attention layer runs, by layer index (set from the plan by the session)
     attention_backends: dict[int, AttentionBackend] = {}
 

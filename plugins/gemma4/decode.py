@@ -140,6 +140,8 @@ class Gemma4Decoder(Decoder):
             ops.norm(self.resid, ly.mod.input_norm.weight, self.normed, eps=cfg.rms_norm_eps)
             self._attention(i, ly, c, pos)
             self._feed_forward(ly)
+            if self.trace is not None:
+                self.trace.append(self.resid.clone())
         ops.norm(self.resid, f.model.norm.weight, self.normed, eps=cfg.rms_norm_eps)
         f.lm_head(self.normed, self.logits)
         cap = cfg.final_logit_softcapping

@@ -65,6 +65,8 @@ class Gemma4Model(CausalLM):
         for i, (spec, layer, c) in enumerate(zip(self.cfg.layers, self.layers, cache.layers)):
             cos, sin = tables[spec.layer_type]
             x = layer(x, cos, sin, positions, c, self.attention_for(i))
+            if self.layer_trace is not None:
+                self.layer_trace.append(x[:, -1].clone())
         if last_only:
             x = x[:, -1:]
         return self.lm_head(self.norm(x)).float()

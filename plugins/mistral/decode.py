@@ -77,5 +77,7 @@ class MistralDecoder(Decoder):
             o(self.attn.view(1, nq), self.resid, residual=self.resid)
             ops.norm(self.resid, layer.post_norm.weight, self.normed, eps=cfg.rms_norm_eps, mode="llama")
             mlp(self.normed, self.mlp_buf, self.resid, residual=self.resid)
+            if self.trace is not None:
+                self.trace.append(self.resid.clone())
         ops.norm(self.resid, f.model.norm.weight, self.normed, eps=cfg.rms_norm_eps, mode="llama")
         return f.lm_head(self.normed, self.logits)

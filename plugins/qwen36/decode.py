@@ -203,5 +203,7 @@ class Qwen36Decoder(Decoder):
                 self._moe(mlp)
             else:
                 mlp(self.normed, self.mlp_buf, self.resid, residual=self.resid)
+            if self.trace is not None:
+                self.trace.append(self.resid.clone())
         ops.norm(self.resid, f.model.norm.weight, self.normed, eps=eps, **ZERO_CENTRED)
         return f.lm_head(self.normed, self.logits)

@@ -81,6 +81,8 @@ class Qwen36Model(CausalLM):
         cos, sin = self.rotary.cos_sin(positions, x.dtype)
         for i, (layer, c) in enumerate(zip(self.layers, cache.layers)):
             x = layer(x, cos, sin, positions, c, self.attention_for(i))
+            if self.layer_trace is not None:
+                self.layer_trace.append(x[:, -1].clone())
         if last_only:
             x = x[:, -1:]
         return self.lm_head(self.norm(x)).float()
