@@ -1,9 +1,9 @@
 """Decode attention (one query token) over a bf16 KV cache on the tensor cores, split-K.
 
 ``attn_decode(q, k_cache, v_cache, slot_pos, pos, out, scale=..., window=None, ring=False,
-gate=None, plan=None)``: q [B, H, D], caches [B, Hkv, S, D] (``imp_core.model.cache.KVCache``
-layout), ``slot_pos`` [S] int64 (-1 = empty; positions below 2^31), ``pos`` a [1] int64 device
-tensor. Key slot s is visible iff ``0 <= slot_pos[s] <= pos`` and, with a window W,
+gate=None, plan=None)``: q [B, H, D], caches [B, Hkv, S, D] (the engine's KV-cache layout),
+``slot_pos`` [S] int64 (the position slot s holds, -1 = empty; positions below 2^31), ``pos`` a
+[1] int64 device tensor. Key slot s is visible iff ``0 <= slot_pos[s] <= pos`` and, with a window W,
 ``slot_pos[s] > pos - W``. GQA: query head h reads kv head h // (H/Hkv), group sizes 1..8; D a
 multiple of 64 (128/256/512). ``gate`` [B, H*D] bf16 applies Qwen's output gate
 ``out = bf16(out · bf16(sigmoid(gate)))``.
@@ -36,15 +36,16 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
-from imp_core.layers.attention import attend
 from imp_kernels import ptx
 from imp_kernels.compat import cuda
 from imp_kernels.launch import device_jit, jit, launch
 from imp_kernels.ops_common import (NEG_INF, bf16_round, check, ld_bf16, pack_bf16, shfl_idx_f32, st_bf16, st_v4, u32,
                                     want)
 
-__all__ = ["attn_decode", "attn_decode_ref", "attn_decode_plan", "AttnDecodePlan", "default_splits"]
+__all__ = ["attn_decode", "attn_decode_ref", "attention_torch", "attn_decode_plan", "AttnDecodePlan",
+           "default_splits"]
 
 MAX_WARPS = 8  # D <= 512
 MAX_REP = 8
@@ -435,20 +436,43 @@ def attn_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, s
                int(gate is not None))
 
 
+def attention_torch(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, slot_pos: torch.Tensor,
+                    pos: torch.Tensor, *, scale: float, window: int | None = None,
+                    sdpa: bool = False) -> torch.Tensor:
+    """One query token's attention in torch, in q's dtype: q [B, H, D], caches [B, Hkv, S, D] ->
+    [B, H, D], with the visibility rule of the module doc (query head h reads kv head
+    h // (H/Hkv)). Eager (default), as transformers' eager attention: scores in q's dtype, masked
+    with the dtype's minimum, softmax in fp32, probabilities cast back to q's dtype, then ·V.
+    ``sdpa=True``: torch's fused ``scaled_dot_product_attention`` with the same boolean mask."""
+    n_rep = q.shape[1] // k_cache.shape[1]
+    k = k_cache.repeat_interleave(n_rep, dim=1) if n_rep > 1 else k_cache
+    v = v_cache.repeat_interleave(n_rep, dim=1) if n_rep > 1 else v_cache
+    kp, qp = slot_pos[None, :], pos[:, None]
+    mask = (kp >= 0) & (kp <= qp)  # [1, S]
+    if window is not None:
+        mask = mask & (kp > qp - window)
+    qq = q[:, :, None]
+    if sdpa:
+        return F.scaled_dot_product_attention(qq, k, v, attn_mask=mask, scale=scale)[:, :, 0]
+    scores = torch.matmul(qq, k.transpose(-1, -2)) * scale
+    scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+    return torch.matmul(probs, v)[:, :, 0]
+
+
 def attn_decode_ref(q, k_cache, v_cache, slot_pos, pos, out, *, scale, window=None, ring=False, gate=None,
                     plan=None) -> None:
-    """Torch reference of ``attn_decode`` (same arguments): ``imp_core.layers.attention.attend``
-    (eager: bf16 scores, fp32 softmax, bf16 probabilities), then the gate in bf16."""
+    """Torch reference of ``attn_decode`` (same arguments): ``attention_torch`` (eager: bf16
+    scores, fp32 softmax, bf16 probabilities), then the gate in bf16."""
     b, h, hkv, s, d = _check(q, k_cache, v_cache, slot_pos, pos, out, gate, plan)
-    o = attend(q[:, :, None], k_cache, v_cache, pos, slot_pos, scale=scale, window=window,
-               backend="eager")[:, :, 0]
+    o = attention_torch(q, k_cache, v_cache, slot_pos, pos, scale=scale, window=window)
     if gate is not None:
         o = o * torch.sigmoid(gate.view(b, h, d))
     out.copy_(o)
 
 
 def kernel_sigs(T) -> dict:
-    """Argument types of the kernels as the wrapper launches them (for ops_ptx_report)."""
+    """Argument types of the kernels as the wrapper launches them (for imp_kernels.bench.ptx_report)."""
     part = (T.U32, T.U32, T.U32, T.I32, T.I64, T.I, T.I, T.I, T.I, T.I, T.F, T.I, T.I, T.I, T.U32, T.F32A, T.I,
             T.U16, T.U16, T.I)
     merge = (T.U32, T.F32A, T.I, T.I, T.I, T.I, T.I, T.U16, T.U16, T.I)

@@ -1,10 +1,10 @@
-"""Gated DeltaNet decode step (architectures.md §1.6) in one launch, state updated in place.
+"""Gated DeltaNet decode step (Qwen3.6 linear attention) in one launch, state updated in place.
 
 ``gdn_decode(mixed, conv_state, conv_w, a, b, a_log, dt_bias, z, norm_w, state, out, eps=...,
 n_k_heads=..., workspace=...)`` for one token per sequence:
 
 * ``mixed`` [B, C] bf16 is in_proj_qkv's output (C = 2·Hk·dk + Hv·dv, channels q | k | v);
-  ``conv_state`` [B, C, Kc] bf16 holds the last Kc >= K-1 pre-conv columns (imp_core keeps K-1,
+  ``conv_state`` [B, C, Kc] bf16 holds the last Kc >= K-1 pre-conv columns (the engine keeps K-1,
   transformers K) and is shifted in place; ``conv_w`` [C, K] bf16. y = bf16(silu(bf16(conv))).
 * q, k: l2-normalised (``x·rsqrt(Σx² + 1e-6)``), q times dk^-0.5; value head j reads key head
   j // (Hv/Hk); ``beta = bf16(sigmoid(b))``, ``g = -exp(a_log)·softplus(a + dt_bias)`` (``a_log``
@@ -25,8 +25,7 @@ its Hv/Hk value-head blocks; an atomic ticket per key head, taken once the block
 inputs (its latency overlaps the state math), picks the last reader to shift those channels'
 conv state, and resets itself, so the workspace is reused every step (graph-capturable). The value
 channels have one reader and are shifted right after their conv. Constraints: dk = 128, dv a
-multiple of 32 up to 256. The workspace's ``o_part`` / ``ss_part`` are no longer used (kept so
-existing callers and checks stay valid).
+multiple of 32 up to 256.
 """
 
 from __future__ import annotations
@@ -43,8 +42,7 @@ from imp_kernels.compat import cuda
 from imp_kernels.launch import device_jit, jit, launch
 from imp_kernels.ops_common import bf16_round, check, ld_bf16, st_bf16, st_v4, u32, want, warp_sum
 
-__all__ = ["gdn_decode", "gdn_decode_ref", "gdn_decode_imp_core", "gdn_decode_workspace", "GdnWorkspace", "DK",
-           "L2_EPS"]
+__all__ = ["gdn_decode", "gdn_decode_ref", "gdn_decode_workspace", "GdnWorkspace", "DK", "L2_EPS"]
 
 DK = 128
 L2_EPS = 1e-6
@@ -252,19 +250,14 @@ def _gdn_step_kernel(mixed, conv_state, conv_w, kc, kconv, a_in, b_in, a_log, dt
 
 @dataclass
 class GdnWorkspace:
-    """Tickets (int32, zero between launches; the kernel uses the first B*Hk, one per key head)
-    and two partial buffers the one-block-per-head kernel no longer needs (kept for callers)."""
+    """Tickets, one per (sequence, key head): int32, zero between launches."""
 
-    counters: torch.Tensor  # [B*Hk + B*Hv]
-    o_part: torch.Tensor  # fp32 [B, Hv, dv] (unused)
-    ss_part: torch.Tensor  # fp32 [B, Hv, dv/32] (unused)
+    counters: torch.Tensor  # [B*Hk]
 
 
-def gdn_decode_workspace(batch: int, n_k_heads: int, n_v_heads: int, dv: int, device) -> GdnWorkspace:
+def gdn_decode_workspace(batch: int, n_k_heads: int, device) -> GdnWorkspace:
     """Allocate the workspace once per (layer shape, batch); reuse it every step."""
-    return GdnWorkspace(torch.zeros(batch * (n_k_heads + n_v_heads), dtype=torch.int32, device=device),
-                        torch.zeros(batch, n_v_heads, dv, dtype=torch.float32, device=device),
-                        torch.zeros(batch, n_v_heads, dv // 32, dtype=torch.float32, device=device))
+    return GdnWorkspace(torch.zeros(batch * n_k_heads, dtype=torch.int32, device=device))
 
 
 def _check(mixed, conv_state, conv_w, a, b, a_log, dt_bias, z, norm_w, state, out, n_k_heads, workspace):
@@ -292,9 +285,7 @@ def _check(mixed, conv_state, conv_w, a, b, a_log, dt_bias, z, norm_w, state, ou
     want(norm_w, "norm_w", kn, torch.bfloat16, (dv,))
     want(out, "out", kn, torch.bfloat16, (bsz, hv * dv))
     if workspace is not None:
-        want(workspace.counters, "workspace.counters", kn, torch.int32, (bsz * (n_k_heads + hv),))
-        want(workspace.o_part, "workspace.o_part", kn, torch.float32, (bsz, hv, dv))
-        want(workspace.ss_part, "workspace.ss_part", kn, torch.float32, (bsz, hv, dv // 32))
+        want(workspace.counters, "workspace.counters", kn, torch.int32, (bsz * n_k_heads,))
     return bsz, hv, dv, kconv
 
 
@@ -342,30 +333,8 @@ def gdn_decode_ref(mixed, conv_state, conv_w, a, b, a_log, dt_bias, z, norm_w, s
     out.copy_((n * F.silu(z.view(bsz, hv, dv).float())).bfloat16().view(bsz, hv * dv))
 
 
-def gdn_decode_imp_core(mixed, conv_state, conv_w, a, b, a_log, dt_bias, z, norm_w, state, out, *, eps, n_k_heads,
-                        workspace=None) -> None:
-    """The same step through ``imp_core.layers`` (causal_conv1d, recurrent_gated_delta_rule,
-    gated_rms_norm), as the Qwen plugin's decode path runs it; same arguments as ``gdn_decode``.
-    Needs a K-1 column conv state (imp_core's layout)."""
-    from imp_core.layers.causal_conv import causal_conv1d
-    from imp_core.layers.gated_delta import gated_rms_norm, recurrent_gated_delta_rule
-
-    bsz, hv, dv, kconv = _check(mixed, conv_state, conv_w, a, b, a_log, dt_bias, z, norm_w, state, out,
-                                n_k_heads, workspace)
-    check(conv_state.shape[2] == kconv - 1, "gdn_decode_imp_core: imp_core keeps K-1 conv columns")
-    kd = n_k_heads * DK
-    y = causal_conv1d(mixed[:, :, None], conv_w, conv_state, activation=F.silu)[:, :, 0]
-    q = y[:, :kd].reshape(bsz, 1, n_k_heads, DK)
-    k = y[:, kd:2 * kd].reshape(bsz, 1, n_k_heads, DK)
-    v = y[:, 2 * kd:].reshape(bsz, 1, hv, dv)
-    g = -a_log.exp() * F.softplus(a.float() + dt_bias)
-    o, st = recurrent_gated_delta_rule(q, k, v, g[:, None], b.sigmoid()[:, None], state)
-    state.copy_(st)
-    out.copy_(gated_rms_norm(o, z.view(bsz, 1, hv, dv), norm_w, eps).reshape(bsz, hv * dv))
-
-
 def kernel_sigs(T) -> dict:
-    """Argument types of the kernel as the wrapper launches it (for ops_ptx_report)."""
+    """Argument types of the kernel as the wrapper launches it (for imp_kernels.bench.ptx_report)."""
     sig = (T.U16, T.U16, T.U16, T.I, T.I, T.U16, T.U16, T.F32A, T.F32A, T.U16, T.U16, T.F, T.U32, T.U16, T.I32,
            T.I, T.I, T.I, T.F)
     return {"gdn_step": (_gdn_step_kernel, sig)}

@@ -15,9 +15,9 @@ import numpy as np
 from numba import types as nbt
 import torch
 
-from imp_core.errors import QuantError
 from imp_kernels import ptx
 from imp_kernels.compat import cuda
+from imp_kernels.errors import KernelError
 from imp_kernels.launch import device_jit, jit, launch, require_aligned
 from imp_kernels.mma_frag import stash_frags, store_out, warp_sum
 
@@ -95,20 +95,20 @@ def _block_warps(blocks: int, chunks: int) -> int:
 
 def _check(x, w, out, residual):
     if x.dtype != torch.bfloat16 or w.dtype != torch.bfloat16 or x.dim() != 2 or w.dim() != 2:
-        raise QuantError(f"gemv_bf16: x [M, K] and w [N, K] must be bf16, got {x.dtype} {list(x.shape)}, "
+        raise KernelError(f"gemv_bf16: x [M, K] and w [N, K] must be bf16, got {x.dtype} {list(x.shape)}, "
                          f"{w.dtype} {list(w.shape)}")
     m, k = x.shape
     n = w.shape[0]
     if w.shape[1] != k or k % 8 or not 1 <= m <= MAX_M:
-        raise QuantError(f"gemv_bf16: need w [N, {k}], K % 8 == 0 and 1 <= M <= {MAX_M}; got x {list(x.shape)}, "
+        raise KernelError(f"gemv_bf16: need w [N, {k}], K % 8 == 0 and 1 <= M <= {MAX_M}; got x {list(x.shape)}, "
                          f"w {list(w.shape)}")
     if not (x.is_contiguous() and w.is_contiguous() and out.is_contiguous()):
-        raise QuantError("gemv_bf16: x, w and out must be contiguous")
+        raise KernelError("gemv_bf16: x, w and out must be contiguous")
     if tuple(out.shape) != (m, n) or out.dtype not in (torch.bfloat16, torch.float32):
-        raise QuantError(f"gemv_bf16: out must be bf16/fp32 [{m}, {n}], got {out.dtype} {list(out.shape)}")
+        raise KernelError(f"gemv_bf16: out must be bf16/fp32 [{m}, {n}], got {out.dtype} {list(out.shape)}")
     if residual is not None and (residual.shape != out.shape or residual.dtype != torch.bfloat16
                                  or not residual.is_contiguous()):
-        raise QuantError(f"gemv_bf16: residual must be contiguous bf16 {list(out.shape)}")
+        raise KernelError(f"gemv_bf16: residual must be contiguous bf16 {list(out.shape)}")
 
 
 def gemv_bf16(x: torch.Tensor, w: torch.Tensor, out: torch.Tensor, *,

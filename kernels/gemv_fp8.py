@@ -15,9 +15,9 @@ import numpy as np
 from numba import types as nbt
 import torch
 
-from imp_core.errors import QuantError
 from imp_kernels import ptx
 from imp_kernels.compat import cuda
+from imp_kernels.errors import KernelError
 from imp_kernels.launch import device_jit, jit, launch, require_aligned
 from imp_kernels.mma_frag import bf16x2_to_f16x2, load_x8_bf16, stash_frags, store_out, warp_sum
 from imp_kernels.repack import fp8_untile
@@ -117,7 +117,7 @@ def _gemv_fp8_kernel(x32, m_rows, k, codes, kc_total, scale, mode, kb_total, out
 
 def _scale_mode(scale: torch.Tensor, n: int, k: int) -> tuple[int, int]:
     if scale.dtype != torch.float32:
-        raise QuantError(f"gemv_fp8: scale must be float32 on the device, got {scale.dtype}")
+        raise KernelError(f"gemv_fp8: scale must be float32 on the device, got {scale.dtype}")
     if scale.numel() == 1:
         return PER_TENSOR, 1
     if scale.dim() in (1, 2) and scale.shape[0] == n and scale.numel() == n:
@@ -125,27 +125,27 @@ def _scale_mode(scale: torch.Tensor, n: int, k: int) -> tuple[int, int]:
     kb = -(-k // 128)
     if tuple(scale.shape) == (-(-n // 128), kb):
         return BLOCK128, kb
-    raise QuantError(f"gemv_fp8: scale shape {list(scale.shape)} is none of [1], [{n}], "
+    raise KernelError(f"gemv_fp8: scale shape {list(scale.shape)} is none of [1], [{n}], "
                      f"[{-(-n // 128)}, {kb}] (per-tensor, per-channel, 128x128 blocks)")
 
 
 def _check(x, codes, scale, out, residual):
     if x.dtype != torch.bfloat16 or x.dim() != 2 or not x.is_contiguous():
-        raise QuantError(f"gemv_fp8: x must be contiguous bf16 [M, K], got {x.dtype} {list(x.shape)}")
+        raise KernelError(f"gemv_fp8: x must be contiguous bf16 [M, K], got {x.dtype} {list(x.shape)}")
     m, k = x.shape
     if not 1 <= m <= MAX_M or k % 8:
-        raise QuantError(f"gemv_fp8: need 1 <= M <= {MAX_M} and K % 8 == 0, got x {list(x.shape)}")
+        raise KernelError(f"gemv_fp8: need 1 <= M <= {MAX_M} and K % 8 == 0, got x {list(x.shape)}")
     if codes.dtype != torch.int32 or codes.dim() != 4 or codes.shape[2:] != (32, 4) or codes.shape[0] % 2:
-        raise QuantError(f"gemv_fp8: codes must be repack.fp8_tile output, got {codes.dtype} {list(codes.shape)}")
+        raise KernelError(f"gemv_fp8: codes must be repack.fp8_tile output, got {codes.dtype} {list(codes.shape)}")
     nt, kc = codes.shape[:2]
     if k > kc * 32:
-        raise QuantError(f"gemv_fp8: x has K={k}, weights hold K<={kc * 32}")
+        raise KernelError(f"gemv_fp8: x has K={k}, weights hold K<={kc * 32}")
     if out.dim() != 2 or out.shape[0] != m or out.shape[1] > nt * 16 or not out.is_contiguous() \
             or out.dtype not in (torch.bfloat16, torch.float32):
-        raise QuantError(f"gemv_fp8: out must be contiguous bf16/fp32 [{m}, N<={nt * 16}], got {out.dtype} {list(out.shape)}")
+        raise KernelError(f"gemv_fp8: out must be contiguous bf16/fp32 [{m}, N<={nt * 16}], got {out.dtype} {list(out.shape)}")
     if residual is not None and (residual.shape != out.shape or residual.dtype != torch.bfloat16
                                  or not residual.is_contiguous()):
-        raise QuantError(f"gemv_fp8: residual must be contiguous bf16 {list(out.shape)}")
+        raise KernelError(f"gemv_fp8: residual must be contiguous bf16 {list(out.shape)}")
     return _scale_mode(scale, out.shape[1], k)
 
 

@@ -1,6 +1,6 @@
 """GGUF GEMV on the native blocks: Q8_0, Q4_K, Q6_K. ``out = x @ dequant(W)^T (+ residual)``.
 
-W is the raw GGUF byte buffer of a [N, K] tensor (row-major blocks, formats.md §6.3) in a
+W is the raw GGUF byte buffer of a [N, K] tensor (row-major: each row is K/block ggml blocks) in a
 16-byte-padded int32 buffer (``gguf_common.gguf_device_buffer``). One warp per output row, 8 rows
 per block; see ``gguf_common`` for the staging scheme. Lane work per span:
   Q8_0: 32 blocks of 32 (one block per lane);  Q4_K: 8 super-blocks (lane = super-block x one
@@ -14,9 +14,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from imp_core.errors import QuantError
 from imp_kernels import ptx
 from imp_kernels.compat import cuda
+from imp_kernels.errors import KernelError
 from imp_kernels.gguf_common import (SPAN_WORDS, bf16_hi, bf16_lo, load_x32, span_load, span_store,
                                      warp_sum, word_at)
 from imp_kernels.launch import device_jit, jit, launch, require_aligned
@@ -255,22 +255,22 @@ _KERNELS_UNCAPPED = {"Q8_0": _gemv_q8_0_kernel, "Q4_K": jit(cache=False)(_q4_k_p
 
 def _check(x, raw32, qtype, n, out, residual):
     if qtype not in _KERNELS:
-        raise QuantError(f"gemv_gguf: no kernel for GGUF type {qtype!r}; supported {list(SUPPORTED)}")
+        raise KernelError(f"gemv_gguf: no kernel for GGUF type {qtype!r}; supported {list(SUPPORTED)}")
     if x.dtype != torch.bfloat16 or x.dim() != 2 or not x.is_contiguous() or not 1 <= x.shape[0] <= MAX_M:
-        raise QuantError(f"gemv_gguf: x must be contiguous bf16 [M<= {MAX_M}, K], got {x.dtype} {list(x.shape)}")
+        raise KernelError(f"gemv_gguf: x must be contiguous bf16 [M<= {MAX_M}, K], got {x.dtype} {list(x.shape)}")
     m, k = x.shape
     elems, nbytes = GGUF_BLOCKS[qtype]
     if k % elems:
-        raise QuantError(f"gemv_gguf: {qtype} needs K % {elems} == 0, got K={k}")
+        raise KernelError(f"gemv_gguf: {qtype} needs K % {elems} == 0, got K={k}")
     rb = k // elems * nbytes
     if raw32.dtype != torch.int32 or raw32.dim() != 1 or raw32.numel() * 4 < n * rb + 16:
-        raise QuantError(f"gemv_gguf: weights must be gguf_device_buffer(raw) (int32, >= {n * rb + 16} bytes), "
+        raise KernelError(f"gemv_gguf: weights must be gguf_device_buffer(raw) (int32, >= {n * rb + 16} bytes), "
                          f"got {raw32.dtype} of {raw32.numel() * raw32.element_size()} bytes")
     if tuple(out.shape) != (m, n) or out.dtype not in (torch.bfloat16, torch.float32) or not out.is_contiguous():
-        raise QuantError(f"gemv_gguf: out must be contiguous bf16/fp32 [{m}, {n}], got {out.dtype} {list(out.shape)}")
+        raise KernelError(f"gemv_gguf: out must be contiguous bf16/fp32 [{m}, {n}], got {out.dtype} {list(out.shape)}")
     if residual is not None and (residual.shape != out.shape or residual.dtype != torch.bfloat16
                                  or not residual.is_contiguous()):
-        raise QuantError(f"gemv_gguf: residual must be contiguous bf16 {list(out.shape)}")
+        raise KernelError(f"gemv_gguf: residual must be contiguous bf16 {list(out.shape)}")
     return rb
 
 
@@ -294,7 +294,8 @@ def _f16(b: torch.Tensor) -> torch.Tensor:
 
 
 def gguf_dequant(raw_u8: torch.Tensor, qtype: str, n: int, k: int) -> torch.Tensor:
-    """Native GGUF blocks [n rows] -> float32 [n, k] (formats.md §6.3, torch only)."""
+    """Native GGUF blocks [n rows] -> float32 [n, k] (ggml's block_q8_0 / block_q4_K / block_q6_K
+    layouts, torch only)."""
     elems, nbytes = GGUF_BLOCKS[qtype]
     b = raw_u8.reshape(-1)[: n * (k // elems) * nbytes].reshape(n, k // elems, nbytes).long()
     if qtype == "Q8_0":
@@ -322,7 +323,7 @@ def gguf_dequant(raw_u8: torch.Tensor, qtype: str, n: int, k: int) -> torch.Tens
                 out[..., e0:e0 + 32] = (lo | (hi << 4)).float() - 32
         out = out.reshape(n, k // 256, 16, 16) * sc.unsqueeze(-1) * d.reshape(n, -1, 1, 1)
         return out.reshape(n, k)
-    raise QuantError(f"gguf_dequant: unsupported type {qtype!r}")
+    raise KernelError(f"gguf_dequant: unsupported type {qtype!r}")
 
 
 def gemv_gguf_ref(x, raw32, qtype, n, out, *, residual=None, variant=None) -> None:

@@ -15,9 +15,9 @@ import numpy as np
 from numba import types as nbt
 import torch
 
-from imp_core.errors import QuantError
 from imp_kernels import ptx
 from imp_kernels.compat import cuda
+from imp_kernels.errors import KernelError
 from imp_kernels.launch import device_jit, jit, launch, require_aligned
 from imp_kernels.mma_frag import load_x16_raw, nvfp4_frags, stash_frags, store_out, warp_sum, x16_to_f16
 from imp_kernels.repack import nvfp4_tile, nvfp4_untile
@@ -94,81 +94,6 @@ def _gemv_nvfp4_kernel(x32, m_rows, k, codes, scales, kc_total, gscale, out, n_c
             store_out(out, out_f32, res, has_res, m, n_cols, row, warp_sum(red, idx, nwarps) * mul)
 
 
-@jit
-def _gemv_nvfp4_kernel_d1(x32, m_rows, k, codes, scales, kc_total, gscale, out, n_cols, out_f32,
-                       res, has_res):
-    red = cuda.shared.array((MAX_WARPS, 32, 8), np.float32)
-    tid = cuda.threadIdx.x
-    lane = tid & 31
-    warp = tid >> 5
-    nwarps = cuda.blockDim.x >> 5
-    g = lane >> 2
-    t = lane & 3
-    tile0 = cuda.blockIdx.x * 2
-    z = np.float32(0.0)
-    a0, a1, a2, a3, b0, b1, b2, b3 = z, z, z, z, z, z, z, z
-    zw = np.uint32(0)
-    zq = (zw, zw, zw, zw)
-    # software pipeline, distance one chunk: the next chunk's loads are in flight while this
-    # chunk is decoded and multiplied
-    kc = warp
-    wa, wb, xa, xb = zq, zq, zq, zq
-    sa, sb = zw, zw
-    if kc < kc_total:
-        i0 = (tile0 * kc_total + kc) * 32 + lane
-        wa = ptx.ld_v4(codes, i0 * 4)
-        wb = ptx.ld_v4(codes, (i0 + kc_total * 32) * 4)
-        sa = np.uint32(int(scales[i0]) & 0xFFFF)
-        sb = np.uint32(int(scales[i0 + kc_total * 32]) & 0xFFFF)
-        xa, xb = load_x16_raw(x32, m_rows, k, g, kc * 64 + 16 * t)
-    while kc < kc_total:
-        kn = kc + nwarps
-        na, nb, nxa, nxb = zq, zq, zq, zq
-        nsa, nsb = zw, zw
-        if kn < kc_total:
-            i0 = (tile0 * kc_total + kn) * 32 + lane
-            na = ptx.ld_v4(codes, i0 * 4)
-            nb = ptx.ld_v4(codes, (i0 + kc_total * 32) * 4)
-            nsa = np.uint32(int(scales[i0]) & 0xFFFF)
-            nsb = np.uint32(int(scales[i0 + kc_total * 32]) & 0xFFFF)
-            nxa, nxb = load_x16_raw(x32, m_rows, k, g, kn * 64 + 16 * t)
-        xf = x16_to_f16(xa, xb)
-        sca = ptx.cvt_f16x2_e4m3x2(sa)
-        scb = ptx.cvt_f16x2_e4m3x2(sb)
-        sa_g = ptx.prmt(sca, 0, 0x1010)
-        sa_g8 = ptx.prmt(sca, 0, 0x3232)
-        sb_g = ptx.prmt(scb, 0, 0x1010)
-        sb_g8 = ptx.prmt(scb, 0, 0x3232)
-        for s in range(4):
-            fa = nvfp4_frags(wa[s], sa_g, sa_g8)
-            a0, a1, a2, a3 = ptx.mma_f16(fa[0], fa[1], fa[2], fa[3], xf[2 * s], xf[2 * s + 1],
-                                         a0, a1, a2, a3)
-            fb = nvfp4_frags(wb[s], sb_g, sb_g8)
-            b0, b1, b2, b3 = ptx.mma_f16(fb[0], fb[1], fb[2], fb[3], xf[2 * s], xf[2 * s + 1],
-                                         b0, b1, b2, b3)
-        wa, wb, xa, xb, sa, sb = na, nb, nxa, nxb, nsa, nsb
-        kc = kn
-    red[warp, g, 2 * t] = a0
-    red[warp, g, 2 * t + 1] = a1
-    red[warp, g + 8, 2 * t] = a2
-    red[warp, g + 8, 2 * t + 1] = a3
-    red[warp, 16 + g, 2 * t] = b0
-    red[warp, 16 + g, 2 * t + 1] = b1
-    red[warp, 24 + g, 2 * t] = b2
-    red[warp, 24 + g, 2 * t + 1] = b3
-    cuda.syncthreads()
-    mul = gscale[0] * np.float32(16384.0)
-    for idx in range(tid, 256, cuda.blockDim.x):
-        r = idx >> 3
-        m = idx & 7
-        row = tile0 * 16 + r
-        if m < m_rows and row < n_cols:
-            acc = np.float32(0.0)
-            for w in range(nwarps):
-                acc += red[w, r, m]
-            store_out(out, out_f32, res, has_res, m, n_cols, row, acc * mul)
-
-
 def nvfp4_block_warps(tile_pairs: int, chunks: int) -> int:
     """Warps per block: enough blocks x warps to fill 132 SMs ~24 warps deep, at most one warp
     per chunk, at most MAX_WARPS."""
@@ -181,34 +106,32 @@ def nvfp4_block_warps(tile_pairs: int, chunks: int) -> int:
 
 def _check(x, codes, scales, gscale, out, residual):
     if x.dtype != torch.bfloat16 or x.dim() != 2 or not x.is_contiguous():
-        raise QuantError(f"gemv_nvfp4: x must be contiguous bf16 [M, K], got {x.dtype} {list(x.shape)}")
+        raise KernelError(f"gemv_nvfp4: x must be contiguous bf16 [M, K], got {x.dtype} {list(x.shape)}")
     m, k = x.shape
     if not 1 <= m <= MAX_M:
-        raise QuantError(f"gemv_nvfp4: M={m} rows of x, supported 1..{MAX_M}")
+        raise KernelError(f"gemv_nvfp4: M={m} rows of x, supported 1..{MAX_M}")
     if codes.dtype != torch.int32 or codes.dim() != 4 or codes.shape[2:] != (32, 4) or codes.shape[0] % 2:
-        raise QuantError(f"gemv_nvfp4: codes must be repack.nvfp4_tile output, got {codes.dtype} {list(codes.shape)}")
+        raise KernelError(f"gemv_nvfp4: codes must be repack.nvfp4_tile output, got {codes.dtype} {list(codes.shape)}")
     nt, kc = codes.shape[:2]
     if tuple(scales.shape) != (nt, kc, 32) or scales.dtype != torch.int16:
-        raise QuantError(f"gemv_nvfp4: scales must be int16 [{nt}, {kc}, 32], got {scales.dtype} {list(scales.shape)}")
+        raise KernelError(f"gemv_nvfp4: scales must be int16 [{nt}, {kc}, 32], got {scales.dtype} {list(scales.shape)}")
     if k % 16 or k > kc * 64:
-        raise QuantError(f"gemv_nvfp4: x has K={k}, weights hold K<={kc * 64} (K must be a multiple of 16)")
+        raise KernelError(f"gemv_nvfp4: x has K={k}, weights hold K<={kc * 64} (K must be a multiple of 16)")
     if out.dim() != 2 or out.shape[0] != m or out.shape[1] > nt * 16 or out.dtype not in (torch.bfloat16, torch.float32):
-        raise QuantError(f"gemv_nvfp4: out must be bf16/fp32 [{m}, N<= {nt * 16}], got {out.dtype} {list(out.shape)}")
+        raise KernelError(f"gemv_nvfp4: out must be bf16/fp32 [{m}, N<= {nt * 16}], got {out.dtype} {list(out.shape)}")
     if not out.is_contiguous():
-        raise QuantError("gemv_nvfp4: out must be contiguous")
+        raise KernelError("gemv_nvfp4: out must be contiguous")
     if gscale.dtype != torch.float32 or gscale.numel() != 1:
-        raise QuantError(f"gemv_nvfp4: gscale must be one float32 on the device, got {gscale.dtype} x{gscale.numel()}")
+        raise KernelError(f"gemv_nvfp4: gscale must be one float32 on the device, got {gscale.dtype} x{gscale.numel()}")
     if residual is not None and (residual.shape != out.shape or residual.dtype != torch.bfloat16
                                  or not residual.is_contiguous()):
-        raise QuantError(f"gemv_nvfp4: residual must be contiguous bf16 {list(out.shape)}")
+        raise KernelError(f"gemv_nvfp4: residual must be contiguous bf16 {list(out.shape)}")
 
 
 def gemv_nvfp4(x: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor, gscale: torch.Tensor,
-               out: torch.Tensor, *, residual: torch.Tensor | None = None, warps: int | None = None,
-               pipeline: int = 2) -> None:
+               out: torch.Tensor, *, residual: torch.Tensor | None = None, warps: int | None = None) -> None:
     """``out = x @ dequant(W)^T (+ residual)``; W in ``repack.nvfp4_tile`` layout. No allocation,
-    no host sync (``gscale`` stays on the device). ``pipeline`` 2 (default) keeps two chunks of
-    loads in flight per warp, 1 is the earlier one-deep kernel (kept for the benchmark)."""
+    no host sync (``gscale`` stays on the device)."""
     _check(x, codes, scales, gscale, out, residual)
     require_aligned("gemv_nvfp4", x, codes)
     m, k = x.shape
@@ -216,12 +139,11 @@ def gemv_nvfp4(x: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor, gscal
     n = out.shape[1]
     w = warps or nvfp4_block_warps(nt // 2, kc)
     res = residual.reshape(-1) if residual is not None else out.reshape(-1)
-    kern = _gemv_nvfp4_kernel if pipeline == 2 else _gemv_nvfp4_kernel_d1
-    launch(kern, nt // 2, 32 * w,
+    launch(_gemv_nvfp4_kernel, nt // 2, 32 * w,
            x.view(torch.int32).reshape(-1), m, k, codes.reshape(-1), scales.reshape(-1), kc,
            gscale.reshape(-1), out.reshape(-1), n, int(out.dtype == torch.float32),
            res.view(torch.int16) if res.dtype == torch.bfloat16 else res, int(residual is not None),
-           shared_bytes=w * 256 * 4 if pipeline == 2 else 0)
+           shared_bytes=w * 256 * 4)
 
 
 def nvfp4_dequant(codes_u8: torch.Tensor, scales_u8: torch.Tensor, gscale) -> torch.Tensor:
@@ -235,7 +157,7 @@ def nvfp4_dequant(codes_u8: torch.Tensor, scales_u8: torch.Tensor, gscale) -> to
     return (vals * s).flatten(-2) * g
 
 
-def gemv_nvfp4_ref(x, codes, scales, gscale, out, *, residual=None, warps=None, pipeline=2) -> None:
+def gemv_nvfp4_ref(x, codes, scales, gscale, out, *, residual=None, warps=None) -> None:
     """Torch reference of ``gemv_nvfp4`` (same arguments): dequantise, fp32 matmul, round once."""
     _check(x, codes, scales, gscale, out, residual)
     m, k = x.shape
@@ -250,7 +172,7 @@ def gemv_nvfp4_ref(x, codes, scales, gscale, out, *, residual=None, warps=None, 
 
 def warmup(device="cuda") -> None:
     """Compile and load every specialisation real calls use (bf16/fp32 out, with/without a
-    residual, both pipelines) on tiny inputs: numba specialises on dtypes, not sizes."""
+    residual) on tiny inputs: numba specialises on dtypes, not sizes."""
     from imp_kernels.launch import warmup as _run
 
     codes = torch.zeros(32, 32, dtype=torch.uint8, device=device)
@@ -262,7 +184,6 @@ def warmup(device="cuda") -> None:
     calls = []
     for dt in (torch.bfloat16, torch.float32):
         for r in (None, res):
-            for pipe in (2, 1):
-                calls.append((gemv_nvfp4, (x, ct, st, gs, torch.empty(1, 32, dtype=dt, device=device)),
-                              {"residual": r, "pipeline": pipe}))
+            calls.append((gemv_nvfp4, (x, ct, st, gs, torch.empty(1, 32, dtype=dt, device=device)),
+                          {"residual": r}))
     _run(*calls)

@@ -31,6 +31,7 @@ from typing import Any, Callable, Iterable
 import torch
 
 from imp_kernels.compat import SIMULATOR, cuda
+from imp_kernels.errors import KernelError
 
 __all__ = ["as_device_array", "current_stream", "launch", "warmup", "jit", "device_jit", "require_aligned"]
 
@@ -95,13 +96,11 @@ def current_stream() -> Any:
 
 
 def require_aligned(what: str, *tensors: Any, align: int = 16) -> None:
-    """Raise ``QuantError`` unless every tensor's data starts on an ``align``-byte boundary
+    """Raise ``KernelError`` unless every tensor's data starts on an ``align``-byte boundary
     (the kernels issue 16-byte vector loads; a sliced view can start anywhere)."""
-    from imp_core.errors import QuantError
-
     for t in tensors:
         if isinstance(t, torch.Tensor) and t.data_ptr() % align:
-            raise QuantError(f"{what}: tensor {list(t.shape)} {t.dtype} does not start on a {align}-byte "
+            raise KernelError(f"{what}: tensor {list(t.shape)} {t.dtype} does not start on a {align}-byte "
                              "boundary; pass a contiguous copy")
 
 

@@ -25,9 +25,9 @@ import math
 import numpy as np
 import torch
 
-from imp_core.errors import QuantError
 from imp_kernels import ptx
 from imp_kernels.compat import cuda
+from imp_kernels.errors import KernelError
 from imp_kernels.gemv_nvfp4 import nvfp4_dequant
 from imp_kernels.launch import device_jit, jit, launch, require_aligned
 from imp_kernels.mma_frag import load_x16_raw, nvfp4_frags, store_out, x16_to_f16
@@ -273,44 +273,44 @@ def _warps(blocks: int, work: int) -> int:
 
 def _check(x, ids, wts, gate_up, down, out, h, shared, residual):
     if x.dtype != torch.bfloat16 or x.dim() != 2 or not x.is_contiguous() or not 1 <= x.shape[0] <= MAX_M:
-        raise QuantError(f"moe_nvfp4: x must be contiguous bf16 [M<= {MAX_M}, H], got {x.dtype} {list(x.shape)}")
+        raise KernelError(f"moe_nvfp4: x must be contiguous bf16 [M<= {MAX_M}, H], got {x.dtype} {list(x.shape)}")
     m, hdim = x.shape
     if ids.dim() != 2 or ids.shape[0] != m or ids.dtype not in (torch.int32, torch.int64) or not ids.is_contiguous():
-        raise QuantError(f"moe_nvfp4: topk_ids must be contiguous int32 [M, k], got {ids.dtype} {list(ids.shape)}")
+        raise KernelError(f"moe_nvfp4: topk_ids must be contiguous int32 [M, k], got {ids.dtype} {list(ids.shape)}")
     if tuple(wts.shape) != tuple(ids.shape) or wts.dtype != torch.float32 or not wts.is_contiguous():
-        raise QuantError(f"moe_nvfp4: topk_weights must be float32 {list(ids.shape)}, got {wts.dtype} {list(wts.shape)}")
+        raise KernelError(f"moe_nvfp4: topk_weights must be float32 {list(ids.shape)}, got {wts.dtype} {list(wts.shape)}")
     gu_c, gu_s, gu_g = gate_up
     dn_c, dn_s, dn_g = down
     e = gu_c.shape[0]
     if gu_c.dim() != 5 or gu_c.dtype != torch.int32 or gu_s.shape != gu_c.shape[:4] or dn_c.dim() != 5 \
             or dn_c.shape[0] != e or dn_s.shape != dn_c.shape[:4]:
-        raise QuantError("moe_nvfp4: expert buffers must come from repack.nvfp4_experts_tile "
+        raise KernelError("moe_nvfp4: expert buffers must come from repack.nvfp4_experts_tile "
                          f"(gate_up {list(gu_c.shape)}, down {list(dn_c.shape)})")
     if gu_c.shape[2] * 64 < hdim:
-        raise QuantError(f"moe_nvfp4: gate_up experts take K<={gu_c.shape[2] * 64}, x has H={hdim}")
+        raise KernelError(f"moe_nvfp4: gate_up experts take K<={gu_c.shape[2] * 64}, x has H={hdim}")
     inter = h.shape[-1]
     if inter % 16 or gu_c.shape[1] * 16 < 2 * inter or dn_c.shape[2] * 64 < inter:
-        raise QuantError(f"moe_nvfp4: intermediate size {inter} (h scratch) does not fit the expert buffers")
+        raise KernelError(f"moe_nvfp4: intermediate size {inter} (h scratch) does not fit the expert buffers")
     if gu_g.dtype != torch.float32 or gu_g.shape[0] != e or gu_g.numel() not in (e, 2 * e) \
             or dn_g.dtype != torch.float32 or dn_g.numel() != e:
-        raise QuantError(f"moe_nvfp4: global scales must be float32 gate_up [E] or [E, 2] and down [E], E={e}")
+        raise KernelError(f"moe_nvfp4: global scales must be float32 gate_up [E] or [E, 2] and down [E], E={e}")
     n_slots = ids.shape[1] + int(shared is not None)
     if tuple(h.shape) != (m, n_slots, inter) or h.dtype != torch.float32 or not h.is_contiguous():
-        raise QuantError(f"moe_nvfp4: h scratch must be float32 {[m, n_slots, inter]}, got {h.dtype} {list(h.shape)}")
+        raise KernelError(f"moe_nvfp4: h scratch must be float32 {[m, n_slots, inter]}, got {h.dtype} {list(h.shape)}")
     if out.dim() != 2 or out.shape[0] != m or out.shape[1] > dn_c.shape[1] * 16 or not out.is_contiguous() \
             or out.dtype not in (torch.bfloat16, torch.float32):
-        raise QuantError(f"moe_nvfp4: out must be contiguous bf16/fp32 [{m}, H], got {out.dtype} {list(out.shape)}")
+        raise KernelError(f"moe_nvfp4: out must be contiguous bf16/fp32 [{m}, H], got {out.dtype} {list(out.shape)}")
     if out.shape[1] != hdim:
-        raise QuantError(f"moe_nvfp4: out has {out.shape[1]} columns, x has H={hdim}")
+        raise KernelError(f"moe_nvfp4: out has {out.shape[1]} columns, x has H={hdim}")
     if shared is not None:
         sgc, sgs, sgg, sdc, sds, sdg = shared[:6]
         if sgc.shape[1:] != gu_c.shape[1:] or sdc.shape[1:] != dn_c.shape[1:] or sgc.shape[0] != 1 \
                 or sdc.shape[0] != 1:
-            raise QuantError("moe_nvfp4: the fused shared expert must be a 1-expert stack with the routed "
+            raise KernelError("moe_nvfp4: the fused shared expert must be a 1-expert stack with the routed "
                              "experts' shapes; run it as separate gemv_nvfp4 launches otherwise")
     if residual is not None and (residual.shape != out.shape or residual.dtype != torch.bfloat16
                                  or not residual.is_contiguous()):
-        raise QuantError(f"moe_nvfp4: residual must be contiguous bf16 {list(out.shape)}")
+        raise KernelError(f"moe_nvfp4: residual must be contiguous bf16 {list(out.shape)}")
     return m, hdim, inter, n_slots
 
 

@@ -13,7 +13,7 @@ sampling), each with a CUDA-simulator twin where the GPU version is an intrinsic
 * ``block_sum(v, scratch)`` / ``block_max(v, scratch)``: all threads get the block-wide result;
   ``scratch`` is a shared float32 array of >= 32 entries; every thread of the block must call.
 * ``u32(t)``: flat uint32 word view of a contiguous tensor (kernel argument for 16-byte access).
-* ``KernelArgError``: the ``ImpError`` the kernel wrappers raise on bad shapes or dtypes.
+* ``check(ok, msg)`` / ``want(t, ...)``: argument checks that raise ``KernelError``.
 """
 
 from __future__ import annotations
@@ -23,25 +23,21 @@ import threading
 import numpy as np
 import torch
 
-from imp_core.errors import ImpError
 from imp_kernels import ptx
 from imp_kernels.compat import SIMULATOR, cuda
+from imp_kernels.errors import KernelError
 from imp_kernels.launch import device_jit
 
-__all__ = ["KernelArgError", "ld_bf16", "st_bf16", "bf16_round", "lo_f32", "hi_f32", "pack_bf16",
+__all__ = ["ld_bf16", "st_bf16", "bf16_round", "lo_f32", "hi_f32", "pack_bf16",
            "st_v4", "shfl_idx_f32", "warp_sum", "block_sum", "block_max", "check", "want", "u32", "NEG_INF"]
 
 NEG_INF = np.float32(-np.inf)
 
 
-class KernelArgError(ImpError):
-    """A kernel wrapper was given tensors of the wrong shape, dtype, device or layout."""
-
-
 def check(ok: bool, msg: str) -> None:
-    """Raise ``KernelArgError(msg)`` unless ``ok``."""
+    """Raise ``KernelError(msg)`` unless ``ok``."""
     if not ok:
-        raise KernelArgError(msg)
+        raise KernelError(msg)
 
 
 def want(t: torch.Tensor | None, name: str, kernel: str, dtype: torch.dtype, shape: tuple) -> None:

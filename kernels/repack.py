@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import torch
 
-from imp_core.errors import QuantError
+from imp_kernels.errors import KernelError
 
 __all__ = ["nvfp4_tile", "nvfp4_untile", "nvfp4_experts_tile", "fp8_tile", "fp8_untile",
            "gguf_rows", "GGUF_BLOCKS"]
@@ -41,7 +41,7 @@ def _as_u8(t: torch.Tensor, what: str) -> torch.Tensor:
     if t.dtype in (torch.float8_e4m3fn,):
         return t.view(torch.uint8)
     if t.dtype != torch.uint8:
-        raise QuantError(f"{what}: expected uint8 or float8_e4m3fn bits, got {t.dtype}")
+        raise KernelError(f"{what}: expected uint8 or float8_e4m3fn bits, got {t.dtype}")
     return t
 
 
@@ -70,10 +70,10 @@ def nvfp4_tile(codes: torch.Tensor, scales: torch.Tensor) -> tuple[torch.Tensor,
     codes = _as_u8(codes, "NVFP4 codes")
     scales = _as_u8(scales, "NVFP4 block scales")
     if codes.dim() != 2:
-        raise QuantError(f"NVFP4 codes must be 2-D [N, K/2], got shape {list(codes.shape)}")
+        raise KernelError(f"NVFP4 codes must be 2-D [N, K/2], got shape {list(codes.shape)}")
     n, k = codes.shape[0], codes.shape[1] * 2
     if k % 16 or tuple(scales.shape) != (n, k // 16):
-        raise QuantError(f"NVFP4 block scales have shape {list(scales.shape)}, expected [{n}, {k // 16}] "
+        raise KernelError(f"NVFP4 block scales have shape {list(scales.shape)}, expected [{n}, {k // 16}] "
                          f"(K={k} must be a multiple of 16)")
     nt, kc = _nvfp4_dims(n, k)
     q = torch.stack([codes & 15, codes >> 4], dim=-1).reshape(n, k)  # element 2j low nibble
@@ -118,12 +118,12 @@ def nvfp4_experts_tile(codes: torch.Tensor | list, scales: torch.Tensor | list) 
     cs = list(codes.unbind(0)) if isinstance(codes, torch.Tensor) else list(codes)
     ss = list(scales.unbind(0)) if isinstance(scales, torch.Tensor) else list(scales)
     if len(cs) != len(ss) or not cs:
-        raise QuantError(f"NVFP4 experts: {len(cs)} code tensors but {len(ss)} scale tensors")
+        raise KernelError(f"NVFP4 experts: {len(cs)} code tensors but {len(ss)} scale tensors")
     shape = tuple(cs[0].shape)
     tiled = []
     for e, (c, s) in enumerate(zip(cs, ss)):
         if tuple(c.shape) != shape:
-            raise QuantError(f"NVFP4 expert {e} codes have shape {list(c.shape)}, expected {list(shape)}")
+            raise KernelError(f"NVFP4 expert {e} codes have shape {list(c.shape)}, expected {list(shape)}")
         tiled.append(nvfp4_tile(c, s))
     return (torch.stack([t[0] for t in tiled]).contiguous(), torch.stack([t[1] for t in tiled]).contiguous())
 
@@ -132,7 +132,7 @@ def fp8_tile(weight: torch.Tensor) -> torch.Tensor:
     """e4m3 weight bits [N, K] -> int32 [NT, KC, 32, 4] (NT even, K padded to 32, zeros)."""
     w = _as_u8(weight, "FP8 weight")
     if w.dim() != 2:
-        raise QuantError(f"FP8 weight must be 2-D [N, K], got shape {list(w.shape)}")
+        raise KernelError(f"FP8 weight must be 2-D [N, K], got shape {list(w.shape)}")
     n, k = w.shape
     nt, kc = -(-n // 32) * 2, -(-k // 32)
     q = _pad2(w, nt * 16, kc * 32).to(torch.int64)
@@ -151,19 +151,19 @@ def fp8_untile(codes_t: torch.Tensor, n: int, k: int) -> torch.Tensor:
     return b[:n, :k].to(torch.uint8).contiguous()
 
 
-# GGUF: type name -> (elements per block, bytes per block); formats.md §6.2
+# GGUF: type name -> (elements per block, bytes per block), the sizes of ggml's block structs
 GGUF_BLOCKS = {"Q8_0": (32, 34), "Q4_K": (256, 144), "Q5_K": (256, 176), "Q6_K": (256, 210)}
 
 
 def gguf_rows(raw: torch.Tensor, qtype: str, rows: int, cols: int) -> torch.Tensor:
     """Raw GGUF tensor bytes (any shape, uint8) -> a [rows, bytes_per_row] uint8 view, no copy."""
     if qtype not in GGUF_BLOCKS:
-        raise QuantError(f"GGUF type {qtype!r} has no GEMV kernel; supported: {sorted(GGUF_BLOCKS)}")
+        raise KernelError(f"GGUF type {qtype!r} has no GEMV kernel; supported: {sorted(GGUF_BLOCKS)}")
     elems, nbytes = GGUF_BLOCKS[qtype]
     if cols % elems:
-        raise QuantError(f"GGUF {qtype} tensor has {cols} columns, not a multiple of its block of {elems}")
+        raise KernelError(f"GGUF {qtype} tensor has {cols} columns, not a multiple of its block of {elems}")
     bpr = cols // elems * nbytes
     if raw.dtype != torch.uint8 or raw.numel() != rows * bpr:
-        raise QuantError(f"GGUF {qtype} [{rows}, {cols}] needs {rows * bpr} uint8 bytes, got "
+        raise KernelError(f"GGUF {qtype} [{rows}, {cols}] needs {rows * bpr} uint8 bytes, got "
                          f"{raw.numel()} of {raw.dtype}")
     return raw.reshape(rows, bpr)

@@ -2,7 +2,7 @@
 
 ``rmsnorm(x, weight, out, eps=..., mode=..., offset=..., residual=None)`` computes, per row,
 ``h = x`` (or ``h = bf16(x + residual)``, written back into ``residual``) and then
-``out = norm(h)`` with the math of ``imp_core.layers.norms.rms_norm``:
+``out = norm(h)`` with the engine's RMSNorm math (``rms_norm_torch`` below is that math in torch):
 
 * ``weight=None``: ``bf16(x̂)`` (weightless: Gemma's v_norm and router input);
 * ``mode="fp32"``: ``bf16(x̂ · (w + offset))``, the product in fp32 (Gemma plain weight;
@@ -22,13 +22,12 @@ import math
 import numpy as np
 import torch
 
-from imp_core.layers.norms import rms_norm
 from imp_kernels import ptx
 from imp_kernels.compat import cuda
 from imp_kernels.launch import jit, launch
 from imp_kernels.ops_common import bf16_round, block_sum, check, hi_f32, lo_f32, st_v4, u32, want
 
-__all__ = ["rmsnorm", "rmsnorm_ref", "rmsnorm_threads", "MAX_N"]
+__all__ = ["rmsnorm", "rmsnorm_ref", "rms_norm_torch", "rmsnorm_threads", "MAX_N"]
 
 CHUNKS = 4  # 16-byte chunks per thread
 NVALS = 8 * CHUNKS
@@ -122,17 +121,36 @@ def rmsnorm(x: torch.Tensor, weight: torch.Tensor | None, out: torch.Tensor, *, 
            wmode, np.float32(offset), np.float32(eps), u32(out), n)
 
 
+def rms_norm_torch(x: torch.Tensor, weight: torch.Tensor | None, eps: float, *, mode: str = "fp32",
+                   offset: float = 0.0) -> torch.Tensor:
+    """RMSNorm over the last dim in torch, returning x's dtype (the module doc's three cases):
+    ``x̂ = x_f32 · rsqrt(mean(x_f32²) + eps)``, then no weight, ``(x̂ · (w + offset))`` in fp32
+    (``"fp32"``) or ``(w + offset) · x̂`` in x's dtype (``"llama"``)."""
+    check(mode in _MODES, f"rms_norm_torch: mode must be 'fp32' or 'llama', got {mode!r}")
+    xf = x.float()
+    n = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    if weight is None:
+        return n.to(x.dtype)
+    if mode == "llama":
+        w = weight if offset == 0.0 else weight + offset
+        return w * n.to(x.dtype)
+    w = weight.float()
+    if offset:
+        w = w + offset
+    return (n * w).to(x.dtype)
+
+
 def rmsnorm_ref(x: torch.Tensor, weight: torch.Tensor | None, out: torch.Tensor, *, eps: float,
                 mode: str = "fp32", offset: float = 0.0, residual: torch.Tensor | None = None) -> None:
-    """Torch reference of ``rmsnorm`` (same arguments): ``imp_core.layers.norms.rms_norm``."""
+    """Torch reference of ``rmsnorm`` (same arguments): the add in bf16, then ``rms_norm_torch``."""
     _check(x, weight, out, mode, residual)
     h = x
     if residual is not None:
         h = x + residual
         residual.copy_(h)
-    out.copy_(rms_norm(h, weight, eps, mode=mode, offset=offset))
+    out.copy_(rms_norm_torch(h, weight, eps, mode=mode, offset=offset))
 
 
 def kernel_sigs(T) -> dict:
-    """Argument types of the kernel as the wrapper launches it (for ops_ptx_report)."""
+    """Argument types of the kernel as the wrapper launches it (for imp_kernels.bench.ptx_report)."""
     return {"rmsnorm": (_rmsnorm_kernel, (T.U32, T.U32, T.I, T.U32, T.I, T.F, T.F, T.U32, T.I))}

@@ -7,7 +7,7 @@ k [B, Hkv, D], v [B, Hkv, D] bf16 and ``pos`` a [1] int64 device tensor:
    ``norm_offset`` as in ``imp_kernels.rmsnorm``), result rounded to bf16;
 2. rotate-half RoPE on the first R dims (pairs (i, i + R/2)), R = 2 * len(inv_freq): cos/sin are
    ``bf16(cos(float32(pos) * inv_freq[i]) * scaling)`` as transformers computes them, or read from
-   a bf16 table row ``cos_table[pos]`` / ``sin_table[pos]`` ([P, R], e.g. ``Rotary.cos_sin``);
+   a bf16 table row ``cos_table[pos]`` / ``sin_table[pos]`` ([P, R], e.g. ``rope_cos_sin``);
    the rotation is bf16 arithmetic: ``bf16(bf16(x·cos) + bf16(±x'·sin))``. Partial rotary
    (Qwen: R=64 of 256) passes dims >= R through; Gemma's proportional RoPE is R = D with zero
    frequencies beyond the rotated pairs (cos=1, sin=0 there, an exact identity);
@@ -28,13 +28,12 @@ import math
 import numpy as np
 import torch
 
-from imp_core.layers.norms import rms_norm
-from imp_core.layers.rope import Rotary, apply_rotary
 from imp_kernels.compat import cuda
 from imp_kernels.launch import device_jit, jit, launch
 from imp_kernels.ops_common import bf16_round, block_sum, check, ld_bf16, st_bf16, want
+from imp_kernels.rmsnorm import rms_norm_torch
 
-__all__ = ["rope_cache", "rope_cache_ref", "MAX_D"]
+__all__ = ["rope_cache", "rope_cache_ref", "rope_cos_sin", "apply_rotary_torch", "MAX_D"]
 
 MAX_D = 1024
 _VMODES = {"copy": 1, "norm": 2, "from_k": 3}
@@ -211,28 +210,47 @@ def rope_cache(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor | None, pos: to
            np.float32(eps), vm)
 
 
+def rope_cos_sin(inv_freq: torch.Tensor, positions: torch.Tensor, dtype: torch.dtype, *,
+                 scaling: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """positions [T] int64 -> cos, sin [T, R] in ``dtype`` (R = 2 * len(inv_freq)), computed in
+    fp32 from the fp32 inverse frequencies and cast, as transformers does; also the layout of
+    ``rope_cache``'s ``cos_table`` / ``sin_table``."""
+    freqs = positions.float()[:, None] * inv_freq.float()[None, :]
+    emb = torch.cat((freqs, freqs), dim=-1)
+    return (emb.cos() * scaling).to(dtype), (emb.sin() * scaling).to(dtype)
+
+
+def apply_rotary_torch(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate-half RoPE on the first R = ``cos.shape[-1]`` dims of x [..., D] in x's dtype: pairs
+    (i, i + R/2), ``x·cos + rotate_half(x)·sin``; dims >= R pass through."""
+    r = cos.shape[-1]
+    rot = x[..., :r]
+    half = r // 2
+    rotated = rot * cos + torch.cat((-rot[..., half:], rot[..., :half]), dim=-1) * sin
+    return rotated if r == x.shape[-1] else torch.cat((rotated, x[..., r:]), dim=-1)
+
 
 def rope_cache_ref(q, k, v, pos, k_cache, v_cache, slot_pos, *, inv_freq=None, cos_table=None,
                    sin_table=None, scaling=1.0, ring=False, q_norm=None, k_norm=None, norm_mode="fp32",
                    norm_offset=0.0, eps=1e-6, v_mode="copy") -> None:
-    """Torch reference of ``rope_cache`` (same arguments): imp_core's rms_norm and
-    Rotary/apply_rotary, then index writes into the cache (as ``KVCache._write``)."""
+    """Torch reference of ``rope_cache`` (same arguments): ``rms_norm_torch``, ``rope_cos_sin``
+    and ``apply_rotary_torch``, then index writes into the cache at slot ``pos`` (or ``pos % S``)."""
     _check(q, k, v, pos, k_cache, v_cache, slot_pos, inv_freq, cos_table, sin_table, q_norm, k_norm,
            norm_mode, v_mode)
     k_raw = k.clone()
     if v_mode == "norm":
-        v.copy_(rms_norm(v, None, eps))
-    qn = rms_norm(q, q_norm, eps, mode=norm_mode, offset=norm_offset) if q_norm is not None else q
-    kn = rms_norm(k, k_norm, eps, mode=norm_mode, offset=norm_offset) if k_norm is not None else k
+        v.copy_(rms_norm_torch(v, None, eps))
+    qn = rms_norm_torch(q, q_norm, eps, mode=norm_mode, offset=norm_offset) if q_norm is not None else q
+    kn = rms_norm_torch(k, k_norm, eps, mode=norm_mode, offset=norm_offset) if k_norm is not None else k
     if cos_table is not None:
         cos, sin = cos_table[pos], sin_table[pos]
     else:
-        cos, sin = Rotary(inv_freq, attention_scaling=scaling).cos_sin(pos, torch.bfloat16)
-    # apply_rotary wants [B, H, T, D] and cos/sin [T, R]
-    q.copy_(apply_rotary(qn[:, :, None], cos, sin)[:, :, 0])
-    k.copy_(apply_rotary(kn[:, :, None], cos, sin)[:, :, 0])
+        cos, sin = rope_cos_sin(inv_freq, pos, torch.bfloat16, scaling=scaling)
+    # cos/sin are [1, R]: they broadcast over [B, H, D]'s leading dims
+    q.copy_(apply_rotary_torch(qn, cos, sin))
+    k.copy_(apply_rotary_torch(kn, cos, sin))
     if k_cache is not None:
-        vv = rms_norm(k_raw, None, eps) if v_mode == "from_k" else v
+        vv = rms_norm_torch(k_raw, None, eps) if v_mode == "from_k" else v
         slot = pos % k_cache.shape[2] if ring else pos
         k_cache.index_copy_(2, slot, k[:, :, None])
         v_cache.index_copy_(2, slot, vv[:, :, None])
@@ -240,7 +258,7 @@ def rope_cache_ref(q, k, v, pos, k_cache, v_cache, slot_pos, *, inv_freq=None, c
 
 
 def kernel_sigs(T) -> dict:
-    """Argument types of the kernel as the wrapper launches it (for ops_ptx_report)."""
+    """Argument types of the kernel as the wrapper launches it (for imp_kernels.bench.ptx_report)."""
     sig = (T.U16, T.U16, T.U16, T.I64, T.U16, T.U16, T.I64, T.I, T.I, T.I, T.I, T.I, T.I, T.F32A, T.I, T.I,
            T.U16, T.U16, T.F, T.U16, T.U16, T.I, T.I, T.I, T.F, T.F, T.I)
     return {"rope_cache": (_rope_cache_kernel, sig)}

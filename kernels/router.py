@@ -10,8 +10,8 @@ eps=1e-6)`` with x [M, H] bf16 (M <= 8 tokens), the router weight [E, H] bf16 (E
   as above, and ``w = w · per_expert_scale[id]`` in fp32 (``weights`` fp32).
 
 ``ids`` [M, k] int32 or int64, ordered by descending probability (ties: lower expert id first;
-torch.topk may order exact ties differently). The router linear is fused here (no BF16 GEMV is
-in imp_kernels yet): grid E/4 blocks of 4 warps, a warp per expert streaming its row with
+torch.topk may order exact ties differently). The router linear is fused here (one launch for
+linear, softmax and top-k): grid E/4 blocks of 4 warps, a warp per expert streaming its row with
 16-byte loads (x and the scale come from L1); each block writes its logits to the workspace and
 the last block to finish (an atomic ticket, reset by that block) does softmax, top-k by rank
 counting, renormalisation and the stores.
@@ -29,6 +29,7 @@ from imp_kernels import ptx
 from imp_kernels.compat import cuda
 from imp_kernels.launch import device_jit, jit, launch
 from imp_kernels.ops_common import bf16_round, block_max, block_sum, check, hi_f32, ld_bf16, lo_f32, u32, want, warp_sum
+from imp_kernels.rmsnorm import rms_norm_torch
 
 __all__ = ["route", "route_ref", "router_workspace", "RouterWorkspace", "MAX_M", "MAX_E"]
 
@@ -254,25 +255,23 @@ def route(x: torch.Tensor, weight: torch.Tensor, ids: torch.Tensor, weights: tor
 
 def route_ref(x, weight, ids, weights, *, top_k, workspace=None, norm_scale=None, per_expert_scale=None,
               eps=1e-6) -> None:
-    """Torch reference of ``route`` (same arguments): the Qwen / Gemma router code paths."""
-    from imp_core.layers.moe import softmax_topk
-    from imp_core.layers.norms import rms_norm
-
+    """Torch reference of ``route`` (same arguments): the Qwen / Gemma routers in torch (bf16
+    linear, fp32 softmax, ``torch.topk``, renormalised)."""
     _check(x, weight, ids, weights, top_k, workspace, norm_scale, per_expert_scale)
     if norm_scale is not None:
-        rn = rms_norm(x, None, eps) * norm_scale * (x.shape[1] ** -0.5)
-        logits = torch.nn.functional.linear(rn, weight)
-        w, i = softmax_topk(logits, top_k, renormalize=True)
+        x = rms_norm_torch(x, None, eps) * norm_scale * (x.shape[1] ** -0.5)
+    logits = torch.nn.functional.linear(x, weight)
+    probs = torch.softmax(logits, dim=-1, dtype=torch.float32)
+    w, i = torch.topk(probs, top_k, dim=-1)
+    w = w / w.sum(dim=-1, keepdim=True)
+    if per_expert_scale is not None:
         w = w * per_expert_scale[i]
-    else:
-        logits = torch.nn.functional.linear(x, weight)
-        w, i = softmax_topk(logits, top_k, renormalize=True)
     ids.copy_(i)
     weights.copy_(w)
 
 
 def kernel_sigs(T) -> dict:
-    """Argument types of the kernel as the wrapper launches it (for ops_ptx_report)."""
+    """Argument types of the kernel as the wrapper launches it (for imp_kernels.bench.ptx_report)."""
     sig = (T.U32, T.I, T.I, T.U32, T.I, T.I, T.I, T.U32, T.U16, T.F, T.F, T.F32A, T.I32, T.I32, T.I64, T.I,
            T.F32A, T.U16, T.I)
     return {"router": (_router_kernel, sig)}

@@ -1,22 +1,24 @@
-"""Token sampling on the device, reproducing ``imp_core.run.sampling.Sampler`` token for token.
+"""Token sampling on the device, reproducing the engine's torch ``Sampler`` token for token.
 
 ``sample(logits, row_keys, step, tokens, plan=sample_plan(params, vocab, batch, device))``:
 logits [B, V'] fp32 or bf16 (V' >= vocab; padding columns ignored), ``row_keys`` [B, 1] int64
-from ``seed_row_keys(seed, B)``, ``step`` the 0-d (or [1]) int64 step counter, advanced by one
-per call as ``Sampler.sample`` does, ``tokens`` [B] int64. Supported settings (``supported``):
-greedy; top-k in 1..64 with any temperature / top-p / min-p; no filter at all (pure
-temperature over the whole vocabulary). Not supported (use ``Sampler``): the repetition penalty,
-and top-p or min-p without top-k (they need a sort of the full vocabulary).
+from ``imp_kernels.rng.seed_row_keys(seed, B)``, ``step`` the 0-d (or [1]) int64 step counter,
+advanced by one per call as ``Sampler.sample`` does, ``tokens`` [B] int64. ``params`` is any
+object with the attributes of ``SampleSettings`` (temperature, top_k, top_p, min_p,
+repeat_penalty, repeat_last_n; the engine's ``SamplingParams`` has them). Supported settings
+(``supported``): greedy; top-k in 1..64 with any temperature / top-p / min-p; no filter at all
+(pure temperature over the whole vocabulary). Not supported (use ``Sampler``): the repetition
+penalty, and top-p or min-p without top-k (they need a sort of the full vocabulary).
 
 Semantics are Sampler's: top-k on the fp32 logits, then ``/ temperature`` (as torch computes
 it on the logits' device: a multiply by the fp32 reciprocal on CUDA, a division on CPU), top-p
 over the softmax of the k survivors (sorted, mass strictly before a token < p, the first always
 kept, ties with the last kept kept), min-p as ``exp(v - max) >= min_p``, then the exponential
-race ``argmax(v - log(-log(u)))`` with ``u = uniform_noise(row key, step, token id)`` computed
-bit for bit (the 32-bit hash in int64 arithmetic). Exact ties at the k-th logit are broken
-toward the lower token id (torch.topk leaves that order unspecified), and NaN logits are not
-given torch's meaning; otherwise the token equals Sampler's unless fp32 rounding of a libm
-function flips a near-tie.
+race ``argmax(v - log(-log(u)))`` with ``u = uniform_noise(row key, step, token id)``
+(``imp_kernels.rng``) computed bit for bit (the 32-bit hash in int64 arithmetic). Exact ties at
+the k-th logit are broken toward the lower token id (torch.topk leaves that order unspecified),
+and NaN logits are not given torch's meaning; otherwise the token equals Sampler's unless fp32
+rounding of a libm function flips a near-tie.
 
 Kernel 1 (grid ceil(V/4096) x B, 256 threads): each block takes 4096 logits; top-k mode: exact
 block top-k by radix select in shared memory (``topk_select``), written to the workspace;
@@ -34,14 +36,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from imp_core.run.sampling import SamplingParams, uniform_noise
 from imp_kernels import ptx
 from imp_kernels.compat import SIMULATOR, cuda
 from imp_kernels.launch import device_jit, jit, launch
 from imp_kernels.ops_common import NEG_INF, check, ld_bf16, u32, want
+from imp_kernels.rng import HASH_MUL1, HASH_MUL2, MASK32, NOISE_ADD, uniform_noise
 from imp_kernels.topk_select import f32_key, key_f32, radix_select, selected
 
-__all__ = ["sample", "sample_ref", "sample_plan", "SamplePlan", "supported", "KMAX", "CHUNK"]
+__all__ = ["sample", "sample_ref", "sample_plan", "SamplePlan", "SampleSettings", "supported", "KMAX", "CHUNK"]
 
 KMAX = 64
 CHUNK = 4096
@@ -50,24 +52,24 @@ MAX_CAND = 4096
 A_THREADS = 64 if SIMULATOR else 256
 B_THREADS = 64 if SIMULATOR else 512
 GREEDY, ALL, TOPK = 0, 1, 2
-_M32 = 0xFFFFFFFF
 
 
 @device_jit(inline="always")
 def _hash32(x):
+    """imp_kernels.rng.hash32 on the device."""
     x = x ^ (x >> 16)
-    x = (x * 0x21F0AAAD) & _M32
+    x = (x * HASH_MUL1) & MASK32
     x = x ^ (x >> 15)
-    x = (x * 0x735A2D97) & _M32
+    x = (x * HASH_MUL2) & MASK32
     return x ^ (x >> 15)
 
 
 @device_jit(inline="always")
 def _gumbel(row_key, step, eid):
-    """-log(-log(u)) for imp_core.run.sampling.uniform_noise's u of (row key, step, token id)."""
-    h = _hash32((int(row_key) ^ (int(step) & _M32)) & _M32)
+    """-log(-log(u)) for imp_kernels.rng.uniform_noise's u of (row key, step, token id)."""
+    h = _hash32((int(row_key) ^ (int(step) & MASK32)) & MASK32)
     h = _hash32(h ^ int(eid))
-    h = _hash32((h + 0x6D2B79F5) & _M32)
+    h = _hash32((h + NOISE_ADD) & MASK32)
     u = (np.float32(h >> 8) + np.float32(0.5)) * np.float32(1.0 / (1 << 24))
     return -np.float32(math.log(-np.float32(math.log(u))))
 
@@ -275,8 +277,39 @@ def _sample_final_kernel(cand_key, cand_id, nb, vocab, mode, k, temp, inv_temp, 
         step[0] = sk + 1
 
 
-def supported(params: SamplingParams, vocab_size: int) -> str | None:
-    """None if ``sample`` can run these settings, else the reason (one line)."""
+@dataclass(frozen=True)
+class SampleSettings:
+    """The sampling settings the kernel reads (names and meaning as the engine's SamplingParams:
+    ``temperature == 0`` is greedy, ``top_k == 0`` / ``top_p == 1`` / ``min_p == 0`` switch that
+    filter off, ``repeat_penalty == 1`` or ``repeat_last_n == 0`` switch the penalty off)."""
+
+    temperature: float = 0.8
+    top_k: int = 40
+    top_p: float = 0.95
+    min_p: float = 0.05
+    repeat_penalty: float = 1.0
+    repeat_last_n: int = 64
+
+    @classmethod
+    def of(cls, params) -> "SampleSettings":
+        """The settings of any object with these six attributes (e.g. the engine's SamplingParams)."""
+        if isinstance(params, cls):
+            return params
+        return cls(float(params.temperature), int(params.top_k), float(params.top_p), float(params.min_p),
+                   float(params.repeat_penalty), int(params.repeat_last_n))
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+    @property
+    def penalised(self) -> bool:
+        return self.repeat_penalty != 1.0 and self.repeat_last_n > 0
+
+
+def supported(params, vocab_size: int) -> str | None:
+    """None if ``sample`` can run these settings (see ``SampleSettings``), else the reason (one line)."""
+    params = SampleSettings.of(params)
     if params.penalised:
         return "the repetition penalty is not in the sampling kernel"
     if params.greedy:
@@ -295,7 +328,7 @@ def supported(params: SamplingParams, vocab_size: int) -> str | None:
 class SamplePlan:
     """Settings and workspace for one (params, vocab, batch, device); reuse every step."""
 
-    params: SamplingParams
+    params: SampleSettings
     vocab_size: int
     batch: int
     mode: int
@@ -304,8 +337,10 @@ class SamplePlan:
     cand_id: torch.Tensor  # int32 [B, blocks, KMAX]
 
 
-def sample_plan(params: SamplingParams, vocab_size: int, batch: int, device) -> SamplePlan:
-    """Check the settings (``KernelArgError`` if unsupported) and allocate the workspace."""
+def sample_plan(params, vocab_size: int, batch: int, device) -> SamplePlan:
+    """Check the settings (``KernelError`` if unsupported) and allocate the workspace; ``params``
+    as in ``SampleSettings.of``."""
+    params = SampleSettings.of(params)
     why = supported(params, vocab_size)
     check(why is None, f"sample: {why}")
     mode = GREEDY if params.greedy else TOPK if 0 < params.top_k < vocab_size else ALL
@@ -379,7 +414,7 @@ def sample_ref(logits, row_keys, step, tokens, *, plan) -> None:
 
 
 def kernel_sigs(T) -> dict:
-    """Argument types of the kernels as the wrapper launches them (for ops_ptx_report)."""
+    """Argument types of the kernels as the wrapper launches them (for imp_kernels.bench.ptx_report)."""
     chunk = (T.F32A, T.U16, T.I, T.I, T.I, T.I, T.I, T.F, T.F, T.I, T.I64, T.I64, T.U32, T.I32, T.I)
     final = (T.U32, T.I32, T.I, T.I, T.I, T.I, T.F, T.F, T.I, T.F, T.I, T.F, T.I, T.I64, T.I64, T.I64, T.I)
     return {"sample_chunk": (_sample_chunk_kernel, chunk), "sample_final": (_sample_final_kernel, final)}

@@ -6,12 +6,13 @@ from kernels_sim import rel_err, sim_skip  # noqa: I001  (must precede imp_kerne
 import pytest
 import torch
 
-from imp_core.layers.attention import attend
+from imp_core.layers.attention import eager_attention
 from imp_kernels.attn_decode import (MAX_REP, MERGE_COLS, MERGE_THREADS, _attn_merge_kernel, attn_decode,
                                      attn_decode_plan, attn_decode_ref, default_splits)
+from imp_kernels.errors import KernelError
 from imp_kernels.launch import launch
 from imp_kernels.ops_common import u32
-from imp_kernels.ops_common import KernelArgError
+from kernel_oracles import attn_decode_engine
 
 pytestmark = sim_skip
 
@@ -51,8 +52,8 @@ def test_attn_decode_matches_reference(b, h, hkv, d, cap, pos, ring, window, sca
     out = torch.full((b, h, d), float("nan")).bfloat16()
     attn_decode(q, k, v, sp, pos_t, out, scale=scale, window=window, ring=ring, gate=gate, plan=plan)
 
-    ref64 = attend(q[:, :, None].double(), k.double(), v.double(), pos_t, sp, scale=scale, window=window,
-                   backend="eager")[:, :, 0]
+    ref64 = eager_attention(q[:, :, None].double(), k.double(), v.double(), pos_t, sp, scale=scale,
+                            window=window)[:, :, 0]
     if gate is not None:
         ref64 = ref64 * torch.sigmoid(gate.double().view(b, h, d))
     assert rel_err(out, ref64) < 8e-3
@@ -60,6 +61,10 @@ def test_attn_decode_matches_reference(b, h, hkv, d, cap, pos, ring, window, sca
     attn_decode_ref(q, k, v, sp, pos_t, out_ref, scale=scale, window=window, ring=ring, gate=gate, plan=plan)
     assert rel_err(out_ref, ref64) < 2e-2
     assert rel_err(out, out_ref) < 2e-2
+    # the module's reference is imp_core's eager attention, bit for bit
+    out_eng = torch.full_like(out, float("nan"))
+    attn_decode_engine(q, k, v, sp, pos_t, out_eng, scale=scale, window=window, ring=ring, gate=gate, plan=plan)
+    assert torch.equal(out_ref, out_eng)
 
 
 @pytest.mark.parametrize("n_rep,d,splits", [(3, 64, 70), (5, 128, 37)])
@@ -102,11 +107,11 @@ def test_attn_splits_and_bad_args():
     k, v, sp = _cache(1, 1, 16, 64, 5, False, 0)
     q = torch.randn(1, 2, 64).bfloat16()
     out = torch.empty(1, 2, 64).bfloat16()
-    with pytest.raises(KernelArgError):
+    with pytest.raises(KernelError):
         attn_decode(q, k, v, sp.int(), torch.tensor([5]), out, scale=1.0)
-    with pytest.raises(KernelArgError):
+    with pytest.raises(KernelError):
         attn_decode(torch.randn(1, 9, 64).bfloat16(), k, v, sp, torch.tensor([5]), torch.empty(1, 9, 64).bfloat16(),
                     scale=1.0)
-    with pytest.raises(KernelArgError):
+    with pytest.raises(KernelError):
         attn_decode(q, k, v, sp, torch.tensor([5]), out, scale=1.0,
                     plan=attn_decode_plan(1, 2, 64, 16, "cpu", splits=2))  # workspace for 2 kv heads

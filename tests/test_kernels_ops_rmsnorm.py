@@ -1,12 +1,14 @@
-"""RMSNorm kernel (imp_kernels.rmsnorm) vs imp_core.layers.norms under the CUDA simulator."""
+"""RMSNorm kernel (imp_kernels.rmsnorm) vs its torch reference and imp_core.layers.norms under
+the CUDA simulator."""
 
 from kernels_sim import rel_err, sim_skip  # noqa: I001  (must precede imp_kernels)
 
 import pytest
 import torch
 
-from imp_kernels.ops_common import KernelArgError
+from imp_kernels.errors import KernelError
 from imp_kernels.rmsnorm import rmsnorm, rmsnorm_ref, rmsnorm_threads
+from kernel_oracles import rmsnorm_engine
 
 pytestmark = sim_skip
 
@@ -48,12 +50,18 @@ def test_rmsnorm_matches_reference(rows, n, mode, offset, weighted, with_res):
     assert rel_err(out, ref) < 5e-3
     if res is not None:
         assert torch.equal(res_k, h)  # new residual written back exactly
-    # the module's torch reference (imp_core.layers.norms): at most one bf16 ulp apart
+    # the module's torch reference: at most one bf16 ulp apart
     out_ref = torch.full_like(out, float("nan"))
     res_r = res.clone() if res is not None else None
     rmsnorm_ref(x, w, out_ref, eps=eps, mode=mode, offset=offset, residual=res_r)
     assert _bf16_ulps(out, out_ref) <= 1
     assert (out != out_ref).float().mean() < 0.02
+    # the engine's norm (imp_core.layers.norms.rms_norm) is the same math, bit for bit
+    out_eng = torch.full_like(out, float("nan"))
+    res_e = res.clone() if res is not None else None
+    rmsnorm_engine(x, w, out_eng, eps=eps, mode=mode, offset=offset, residual=res_e)
+    assert torch.equal(out_eng, out_ref)
+    assert _bf16_ulps(out, out_eng) <= 1
 
 
 def test_rmsnorm_in_place_and_bad_args():
@@ -65,9 +73,9 @@ def test_rmsnorm_in_place_and_bad_args():
     rmsnorm(x, w, x, eps=1e-6)  # out aliases x
     assert _bf16_ulps(x, ref) <= 1
     assert rmsnorm_threads(2048) == 256 and rmsnorm_threads(5120) == 256 and rmsnorm_threads(16384) == 512
-    with pytest.raises(KernelArgError):
+    with pytest.raises(KernelError):
         rmsnorm(x, w[:64], torch.empty_like(x), eps=1e-6)
-    with pytest.raises(KernelArgError):
+    with pytest.raises(KernelError):
         rmsnorm(x.float(), w, torch.empty_like(x), eps=1e-6)
-    with pytest.raises(KernelArgError):
+    with pytest.raises(KernelError):
         rmsnorm(x, w, torch.empty_like(x), eps=1e-6, mode="gemma")

@@ -1,4 +1,5 @@
-"""Fused q/k norm + RoPE + KV-cache write (imp_kernels.rope) under the CUDA simulator."""
+"""Fused q/k norm + RoPE + KV-cache write (imp_kernels.rope) under the CUDA simulator, against
+the module's torch reference and imp_core's norms / Rotary."""
 
 from kernels_sim import rel_err, sim_skip  # noqa: I001  (must precede imp_kernels)
 
@@ -6,8 +7,9 @@ import pytest
 import torch
 
 from imp_core.layers.rope import Rotary, default_inv_freq, proportional_inv_freq
-from imp_kernels.ops_common import KernelArgError
-from imp_kernels.rope import rope_cache, rope_cache_ref
+from imp_kernels.errors import KernelError
+from imp_kernels.rope import rope_cache, rope_cache_ref, rope_cos_sin
+from kernel_oracles import rope_cache_engine
 
 pytestmark = sim_skip
 NAN = float("nan")
@@ -62,6 +64,11 @@ def test_rope_cache_matches_reference(name, table):
     ref = [t.clone() if t is not None else None for t in (q, k, vin, kc, vc, sp)]
     got = [t.clone() if t is not None else None for t in (q, k, vin, kc, vc, sp)]
     rope_cache_ref(ref[0], ref[1], ref[2], pos, ref[3], ref[4], ref[5], **kw_args)
+    # the engine's path (imp_core rms_norm + Rotary/apply_rotary) writes the same bits
+    eng = [t.clone() if t is not None else None for t in (q, k, vin, kc, vc, sp)]
+    rope_cache_engine(eng[0], eng[1], eng[2], pos, eng[3], eng[4], eng[5], **kw_args)
+    for e, r in zip(eng, ref):
+        assert (e is None and r is None) or torch.equal(e, r)
     # poison every slot the kernel must write
     slot = p % cap if ring else p
     got[3][:, :, slot] = NAN
@@ -89,6 +96,14 @@ def test_rope_cache_matches_reference(name, table):
         assert rel_err(got[0], want) < 1e-2
 
 
+def test_rope_cos_sin_matches_rotary():
+    for inv in (default_inv_freq(1e4, 64), proportional_inv_freq(1e6, 128, 16)):
+        pos = torch.arange(300)
+        for got, want in zip(rope_cos_sin(inv, pos, torch.bfloat16, scaling=0.7),
+                             Rotary(inv, attention_scaling=0.7).cos_sin(pos, torch.bfloat16)):
+            assert torch.equal(got, want)
+
+
 def test_rope_cache_without_cache_and_bad_args():
     q, k, v, kc, vc, sp, qw, kw, pos = _inputs(1, 2, 1, 64, 8, 5, seed=3)
     inv = default_inv_freq(1e4, 64)
@@ -96,9 +111,9 @@ def test_rope_cache_without_cache_and_bad_args():
     rope_cache_ref(qr, kr, v, pos, None, None, None, inv_freq=inv)
     rope_cache(q, k, v, pos, None, None, None, inv_freq=inv)
     assert _ulps(q, qr) <= 1 and _ulps(k, kr) <= 1
-    with pytest.raises(KernelArgError):
+    with pytest.raises(KernelError):
         rope_cache(q, k, v, pos, kc, vc, None, inv_freq=inv)  # slot_pos missing
-    with pytest.raises(KernelArgError):
+    with pytest.raises(KernelError):
         rope_cache(q, k, v, pos.int(), kc, vc, sp, inv_freq=inv)  # int32 position
-    with pytest.raises(KernelArgError):
+    with pytest.raises(KernelError):
         rope_cache(q[:, :, :48].contiguous(), k, v, pos, None, None, None, inv_freq=inv)

@@ -1,14 +1,17 @@
 """Sampling kernel (imp_kernels.sample) under the CUDA simulator: the same tokens as
-imp_core.run.sampling.Sampler for the same seed and logits, step after step."""
+imp_core.run.sampling.Sampler for the same seed and logits, step after step. The kernel takes
+the engine's SamplingParams duck-typed (or its own SampleSettings)."""
 
 from kernels_sim import sim_skip  # noqa: I001  (must precede imp_kernels)
 
 import pytest
 import torch
 
+import imp_core.run.sampling as engine_sampling
 from imp_core.run.sampling import Sampler, SamplingParams, seed_row_keys, uniform_noise
-from imp_kernels.ops_common import KernelArgError
-from imp_kernels.sample import sample, sample_plan, sample_ref, supported
+from imp_kernels import rng
+from imp_kernels.errors import KernelError
+from imp_kernels.sample import SampleSettings, sample, sample_plan, sample_ref, supported
 
 pytestmark = sim_skip
 
@@ -40,6 +43,29 @@ def test_sample_matches_sampler(params, vocab, batch, dtype, steps):
     assert int(step) == steps == int(sampler.step)
 
 
+def test_engine_and_kernel_share_the_rng():
+    assert engine_sampling.uniform_noise is rng.uniform_noise
+    assert engine_sampling.seed_row_keys is rng.seed_row_keys
+
+
+def test_sample_settings_from_engine_params():
+    p = SamplingParams(temperature=0.6, top_k=20, top_p=0.9, min_p=0.1, repeat_penalty=1.1, repeat_last_n=32, seed=3)
+    s = SampleSettings.of(p)
+    assert s == SampleSettings(0.6, 20, 0.9, 0.1, 1.1, 32) and s.penalised and not s.greedy
+    assert SampleSettings.of(s) is s
+    # a plan from SampleSettings gives the tokens of a plan from SamplingParams
+    p = SamplingParams(temperature=0.9, top_k=12, top_p=0.8, min_p=0.02, seed=6)
+    logits = torch.randn(2, 5000, generator=torch.Generator().manual_seed(6)) * 3
+    toks = []
+    for params in (p, SampleSettings.of(p)):
+        tok = torch.empty(2, dtype=torch.int64)
+        sample(logits, seed_row_keys(6, 2), torch.zeros((), dtype=torch.int64), tok,
+               plan=sample_plan(params, 5000, 2, "cpu"))
+        toks.append(tok)
+    assert torch.equal(toks[0], toks[1])
+    assert torch.equal(toks[0], Sampler(p, 5000, "cpu", batch=2).sample(logits))
+
+
 def test_sample_ties_go_to_lower_ids():
     params = SamplingParams(temperature=1.0, top_k=5, top_p=1.0, min_p=0.0, seed=9)
     plan = sample_plan(params, 4500, 1, "cpu")
@@ -58,7 +84,7 @@ def test_sample_unsupported_settings():
     assert supported(SamplingParams(top_k=0, top_p=0.9), 1000) is not None
     assert supported(SamplingParams(top_k=65), 262144) is not None
     assert supported(SamplingParams(top_k=64), 262144) is None
-    with pytest.raises(KernelArgError):
+    with pytest.raises(KernelError):
         sample_plan(SamplingParams(top_k=0, min_p=0.1), 1000, 1, "cpu")
 
 

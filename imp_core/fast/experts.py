@@ -33,7 +33,7 @@ def _has(module: str) -> bool:
 def _act_code(act: str) -> int:
     from imp_kernels import moe_nvfp4
 
-    return moe_nvfp4.SILU if act == SILU else moe_nvfp4.GELU
+    return moe_nvfp4.SILU if act == SILU else moe_nvfp4.GELU_TANH
 
 
 @dataclass

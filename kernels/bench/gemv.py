@@ -1,4 +1,4 @@
-"""``python -m imp_kernels.bench [--out DIR] [--only SUBSTR] [--quick]``: GEMV kernels at real shapes.
+"""``python -m imp_kernels.bench.gemv [--out DIR] [--only SUBSTR] [--quick]``: GEMV kernels at real shapes.
 
 For every kernel x shape: a correctness check against the fp32 reference, the CUDA-graph time of
 the kernel (rotating input sets beyond L2), bytes that must move, GB/s, fraction of the copy
@@ -19,8 +19,8 @@ import time
 
 import torch
 
-from imp_kernels import bench_cases as bc
-from imp_kernels.bench_util import Row, copy_bandwidth, device_name, markdown_table, time_graph, write_results
+from imp_kernels.bench import gemv_cases as bc
+from imp_kernels.bench.util import Row, copy_bandwidth, device_name, markdown_table, time_graph, write_results
 
 # (label, N, K) per model; N x K = out x in
 MISTRAL = [("mistral qkv", 6144, 5120), ("mistral o", 5120, 4096), ("mistral gate_up", 65536, 5120),
@@ -45,8 +45,6 @@ def case_list(quick: bool, stride: int = 1):
                            ("qwen attn q", 8192, 2048, 8)):
         cases.append(lambda label=label, n=n, k=k, m=m: bc.case_nvfp4(label, n, k, m=m))
     cases.append(lambda: bc.case_nvfp4("mistral o +res", 5120, 4096, residual=True))
-    for label, n, k in (MISTRAL[2], MISTRAL[3], MISTRAL[4]):  # one-deep pipeline, for comparison
-        cases.append(lambda label=label, n=n, k=k: bc.case_nvfp4(label, n, k, pipeline=1))
     for label, n, k in [MISTRAL[0], MISTRAL[2], MISTRAL[3]] + QWEN[:4]:
         cases.append(lambda label=label, n=n, k=k: bc.case_fp8(label, n, k))
     cases.append(lambda: bc.case_fp8("mistral gate_up", 65536, 5120, gran="block"))
@@ -81,7 +79,6 @@ def resource_report() -> list[str]:
     kernels = {"nvfp4": n._gemv_nvfp4_kernel, "bf16": b._gemv_bf16_kernel, "fp8": f._gemv_fp8_kernel,
                "moe_gate_up": mo._moe_gate_up_kernel, "moe_down": mo._moe_down_kernel,
                **{f"gguf_{q}": k for q, k in g._KERNELS.items()}}
-    kernels["nvfp4_pipe1"] = n._gemv_nvfp4_kernel_d1
     kernels.update({f"gguf_{q}_uncapped": k for q, k in g._KERNELS_UNCAPPED.items() if q != "Q8_0"})
     for name, k in kernels.items():
         for ck in list(k.overloads.values()):

@@ -15,7 +15,7 @@ from typing import Callable
 
 import torch
 
-from imp_kernels.bench_util import sets_needed
+from imp_kernels.bench.util import sets_needed
 from imp_kernels.gemv_bf16 import gemv_bf16
 from imp_kernels.gemv_fp8 import fp8_dequant, gemv_fp8
 from imp_kernels.gemv_gguf import gemv_gguf, gguf_dequant
@@ -64,7 +64,7 @@ def nvfp4_random(n, k):
     return codes, scales, gs
 
 
-def case_nvfp4(name, n, k, m=1, residual=False, pipeline=2):
+def case_nvfp4(name, n, k, m=1, residual=False):
     codes, scales, gs = nvfp4_random(n, k)
     ct, st = nvfp4_tile(codes, scales)
     wbytes = ct.numel() * 4 + st.numel() * 2
@@ -78,7 +78,7 @@ def case_nvfp4(name, n, k, m=1, residual=False, pipeline=2):
     wbfs = [wbf] + [wbf.clone() for _ in range(min(nsets, _nsets(wbf.numel() * 2)) - 1)]
 
     def run(i):
-        gemv_nvfp4(xs[i], cts[i], sts[i], gs, outs[i], residual=res[i], pipeline=pipeline)
+        gemv_nvfp4(xs[i], cts[i], sts[i], gs, outs[i], residual=res[i])
 
     def trun(i):
         torch.mm(xs[i], wbfs[i % len(wbfs)].t(), out=outs[i])
@@ -91,8 +91,7 @@ def case_nvfp4(name, n, k, m=1, residual=False, pipeline=2):
         return rel(outs[0], ref)
 
     moved = wbytes + m * k * 2 + m * n * 2 * (2 if residual else 1)
-    label = "nvfp4" if pipeline == 2 else "nvfp4-pipe1"
-    return Case(label, f"{name} {n}x{k}", m, nsets, moved, run, check, trun, "torch.mm bf16 (dequantised W)")
+    return Case("nvfp4", f"{name} {n}x{k}", m, nsets, moved, run, check, trun, "torch.mm bf16 (dequantised W)")
 
 
 def case_fp8(name, n, k, m=1, gran="tensor"):

@@ -1,15 +1,17 @@
 """Time the decode-op kernels at the real model shapes (GPU machine).
 
-    python3 -m imp_kernels.bench_ops --out DIR [--only attn_decode,sample] [--tiny]
+    python3 -m imp_kernels.bench.ops --out DIR [--only attn_decode,sample] [--tiny]
 
-For every case of ``imp_kernels.ops_cases``: the kernel's time per call from CUDA-graph replays
-over rotating input sets larger than L2 (``bench_util.time_graph``), the bytes one call must
-move, achieved GB/s and the fraction of the copy bandwidth measured in the same process, and the
-torch equivalent's time the same way (eager launches if it cannot be captured). Extra rows: the
+For every case of ``imp_kernels.bench.ops_cases``: the kernel's time per call from CUDA-graph
+replays over rotating input sets larger than L2 (``imp_kernels.bench.util.time_graph``), the
+bytes one call must move, achieved GB/s and the fraction of the copy bandwidth measured in the
+same process, and the torch equivalent's time the same way (eager launches if it cannot be
+captured). Extra rows: the
 attention split count swept around its default for two shapes; the DeltaNet step's state-only
 bandwidth (the issue's target is >= 50% of copy bandwidth for its state read + write). Also
-records each kernel's registers / local memory / shared memory as loaded. Writes
-``bench_ops.json`` and ``bench_ops.md`` into ``--out`` and prints the table.
+records each kernel's registers / local memory / shared memory as loaded. Writes the results
+as JSON and as a markdown table (``bench_ops`` + ``.json`` / ``.md``) into ``--out`` and prints
+the table.
 
 ``--tiny`` runs the same code under the CUDA simulator at tiny shapes with a host clock (numbers
 meaningless; it checks that the script works without a GPU).
@@ -25,7 +27,7 @@ import time
 
 def _resources() -> dict:
     """Registers, local and shared memory of each loaded kernel specialisation."""
-    from imp_kernels.ops_ptx_report import kernel_sigs
+    from imp_kernels.bench.ptx_report import kernel_sigs
 
     out = {}
     for name, (disp, _sig) in kernel_sigs().items():
@@ -50,7 +52,7 @@ def _host_time(fn, arg_sets, reps: int = 2) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="time the decode-op kernels")
-    ap.add_argument("--out", required=True, help="directory for bench_ops.json / bench_ops.md")
+    ap.add_argument("--out", required=True, help="directory for the bench_ops JSON and markdown files")
     ap.add_argument("--only", default="", help="comma-separated kernel names")
     ap.add_argument("--tiny", action="store_true", help="simulator, tiny shapes, host clock")
     a = ap.parse_args(argv)
@@ -58,10 +60,10 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["NUMBA_ENABLE_CUDASIM"] = "1"
     import torch
 
-    from imp_kernels import bench_util as bu
     from imp_kernels.attn_decode import attn_decode, attn_decode_plan
+    from imp_kernels.bench import util as bu
+    from imp_kernels.bench.ops_cases import all_cases
     from imp_kernels.compat import gpu_available
-    from imp_kernels.ops_cases import all_cases
 
     if not a.tiny and not gpu_available():
         print("no CUDA device: use --tiny for a dry run under the simulator", file=sys.stderr)

@@ -1,12 +1,13 @@
 """Kernel-vs-reference cases of the decode ops at the real model shapes (or tiny ones), shared
-by ``tests/gpu/check_kernels_ops.py`` (correctness table) and ``imp_kernels.bench_ops`` (timing).
+by ``tests/gpu/check_kernels_ops.py`` (correctness table) and ``imp_kernels.bench.ops`` (timing).
 
 A ``Case`` builds fresh random inputs (``build(seed) -> kwargs``; never zeros), runs the kernel
 (``fn(**kw)``) and its torch reference (``ref(**kw)``, same arguments) and compares what they
 wrote (``compare(kw_kernel, kw_ref) -> (ok, detail)``); ``poison`` names the pure outputs that
 are filled with NaN (or -1) before the kernel runs, ``nbytes`` the bytes one call must move.
 ``all_cases(device, tiny)`` lists them: Qwen3.6 / Gemma-4 / Mistral-Small shapes, contexts
-512 / 4096 / 32768, vocabularies 248320 / 262144.
+512 / 4096 / 32768, vocabularies 248320 / 262144. The references are the kernel modules' own
+torch code; comparisons with the engine's layers are added by the GPU check script.
 """
 
 from __future__ import annotations
@@ -17,15 +18,13 @@ from typing import Callable
 
 import torch
 
-from imp_core.layers.attention import attend
-from imp_core.layers.rope import Rotary, default_inv_freq, proportional_inv_freq
-from imp_core.run.sampling import Sampler, SamplingParams, seed_row_keys
 from imp_kernels import attn_decode as ad
 from imp_kernels import gdn_decode as gd
 from imp_kernels import rmsnorm as rn
 from imp_kernels import rope as rp
 from imp_kernels import router as rt
 from imp_kernels import sample as sm
+from imp_kernels.rng import seed_row_keys
 
 __all__ = ["Case", "all_cases", "run_check", "clone_kw", "rel_err", "max_ulps"]
 
@@ -114,26 +113,35 @@ def _norm_cases(device, tiny) -> list[Case]:
         def compare(a, b):
             u = max_ulps(a["out"], b["out"])
             ok = u <= 1 and (a["residual"] is None or torch.equal(a["residual"], b["residual"]))
-            return ok, f"max {u} bf16 ulp vs imp_core rms_norm"
+            return ok, f"max {u} bf16 ulp vs torch rms_norm"
 
         kwargs = dict(eps=eps, mode=mode, offset=off)
         nb = (2 * m * n * (2 if res else 1) + n) * 2
         out.append(Case("rmsnorm", name, build, lambda kwargs=kwargs, **kw: rn.rmsnorm(**kw, **kwargs),
                         lambda kwargs=kwargs, **kw: rn.rmsnorm_ref(**kw, **kwargs), compare, nb, ("out",), m=m,
-                        torch_what="imp_core rms_norm (+add)"))
+                        torch_what="torch rms_norm (+add)", extra={"kwargs": kwargs}))
     return out
 
 
 # ------------------------------------------------------------------------------- RoPE + cache
+def _inv_freq(theta: float, dim: int, rotated_pairs: int | None = None) -> torch.Tensor:
+    """theta^(-2i / dim) for i < dim / 2 (fp32); with ``rotated_pairs``, 0 from that pair on
+    (Gemma's proportional RoPE: the whole head as denominator, only the first pairs rotate)."""
+    inv = 1.0 / (theta ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
+    if rotated_pairs is not None:
+        inv[rotated_pairs:] = 0.0
+    return inv
+
+
 def _rope_cases(device, tiny) -> list[Case]:
     # name, H, Hkv, D, inv_freq, cap, ring, pos, norm?, offset, v_mode, table
-    specs = [("qwen full 16/2x256, rot 64, q/k (1+w) norm, cap 4096", 16, 2, 256, default_inv_freq(1e7, 64), 4096,
+    specs = [("qwen full 16/2x256, rot 64, q/k (1+w) norm, cap 4096", 16, 2, 256, _inv_freq(1e7, 64), 4096,
               False, 4000, True, 1.0, "copy", False),
-             ("gemma sliding 16/8x256, ring 1024, norms + v_norm", 16, 8, 256, default_inv_freq(1e4, 256), 1024,
+             ("gemma sliding 16/8x256, ring 1024, norms + v_norm", 16, 8, 256, _inv_freq(1e4, 256), 1024,
               True, 5000, True, 0.0, "norm", False),
-             ("gemma global 16/2x512, proportional, K=V, cap 4096", 16, 2, 512, proportional_inv_freq(1e6, 512, 64),
+             ("gemma global 16/2x512, proportional, K=V, cap 4096", 16, 2, 512, _inv_freq(1e6, 512, 64),
               4096, False, 3000, True, 0.0, "from_k", False),
-             ("mistral 32/8x128, theta 1e9, cap 32768, cos/sin table", 32, 8, 128, default_inv_freq(1e9, 128), 32768,
+             ("mistral 32/8x128, theta 1e9, cap 32768, cos/sin table", 32, 8, 128, _inv_freq(1e9, 128), 32768,
               False, 30000, False, 0.0, "copy", True)]
     if tiny:
         specs = [(s, h // 4, max(1, hkv // 4), d // 2, inv[: inv.numel() // 2], cap // 64, ring, pos // 64, nrm, off,
@@ -143,7 +151,7 @@ def _rope_cases(device, tiny) -> list[Case]:
         inv_dev = inv.to(device)
         tabs = None
         if table:
-            cos, sin = Rotary(inv_dev).cos_sin(torch.arange(cap, device=device), torch.bfloat16)
+            cos, sin = rp.rope_cos_sin(inv_dev, torch.arange(cap, device=device), torch.bfloat16)
             tabs = (cos.contiguous(), sin.contiguous())
 
         big: dict = {}  # the caches are built once and shared by every input set (one slot is written)
@@ -166,7 +174,7 @@ def _rope_cases(device, tiny) -> list[Case]:
                 worst = max(worst, max_ulps(a[n], b[n]))
                 frac = max(frac, float((a[n] != b[n]).float().mean()))
             ok = worst <= 1 and torch.equal(a["slot_pos"], b["slot_pos"])
-            return ok, f"max {worst} bf16 ulp vs imp_core rope ({100 * frac:.3f}% of elements differ)"
+            return ok, f"max {worst} bf16 ulp vs torch rope ({100 * frac:.3f}% of elements differ)"
 
         kwargs = dict(ring=ring, norm_mode="fp32", norm_offset=off, eps=1e-6, v_mode=vm)
         if tabs is None:
@@ -176,7 +184,7 @@ def _rope_cases(device, tiny) -> list[Case]:
         nb = ((2 * h + 4 * hkv) * d + 2 * hkv * d) * 2
         out.append(Case("rope_cache", name, build, lambda kwargs=kwargs, **kw: rp.rope_cache(**kw, **kwargs),
                         lambda kwargs=kwargs, **kw: rp.rope_cache_ref(**kw, **kwargs), compare, nb,
-                        torch_what="imp_core norm + apply_rotary + index_copy_"))
+                        torch_what="torch norm + rotate-half + index_copy_", extra={"kwargs": kwargs}))
     return out
 
 
@@ -213,8 +221,8 @@ def _attn_cases(device, tiny) -> list[Case]:
                             out=r(1, h, d), gate=r(1, h * d) if gated else None)
 
             def compare(a, b, scale=scale, window=window, plan=plan):
-                o32 = attend(a["q"][:, :, None].float(), a["k_cache"].float(), a["v_cache"].float(), a["pos"],
-                             a["slot_pos"], scale=scale, window=window, backend="eager")[:, :, 0]
+                o32 = ad.attention_torch(a["q"].float(), a["k_cache"].float(), a["v_cache"].float(), a["slot_pos"],
+                                         a["pos"], scale=scale, window=window)
                 if a["gate"] is not None:
                     o32 = o32 * torch.sigmoid(a["gate"].float().view(o32.shape))
                 e_k, e_r = rel_err(a["out"], o32), rel_err(b["out"], o32)
@@ -226,8 +234,8 @@ def _attn_cases(device, tiny) -> list[Case]:
             nb = 2 * hkv * live * d * 2 + 8 * live + 2 * h * d * 2 + (h * d * 2 if gated else 0)
 
             def sdpa(kwargs=kwargs, **kw):
-                o = attend(kw["q"][:, :, None], kw["k_cache"], kw["v_cache"], kw["pos"], kw["slot_pos"],
-                           scale=kwargs["scale"], window=kwargs["window"], backend="sdpa")[:, :, 0]
+                o = ad.attention_torch(kw["q"], kw["k_cache"], kw["v_cache"], kw["slot_pos"], kw["pos"],
+                                       scale=kwargs["scale"], window=kwargs["window"], sdpa=True)
                 if kw["gate"] is not None:
                     o = o * torch.sigmoid(kw["gate"].view(o.shape))
                 kw["out"].copy_(o)
@@ -235,7 +243,7 @@ def _attn_cases(device, tiny) -> list[Case]:
             out.append(Case("attn_decode", f"{name} ctx {ctx}", build,
                             lambda kwargs=kwargs, **kw: ad.attn_decode(**kw, **kwargs),
                             lambda kwargs=kwargs, **kw: ad.attn_decode_ref(**kw, **kwargs), compare, nb, ("out",),
-                            torch_fn=sdpa, torch_what="imp_core attend (sdpa) + gate",
+                            torch_fn=sdpa, torch_what="torch sdpa + gate",
                             extra={"splits": plan.splits, "ctx": ctx, "hkv": hkv, "d": d, "cap": cap,
                                    "kwargs": kwargs}))
     return out
@@ -244,7 +252,7 @@ def _attn_cases(device, tiny) -> list[Case]:
 # ------------------------------------------------------------------------------- Gated DeltaNet
 def _gdn_cases(device, tiny) -> list[Case]:
     hk, hv, dv, kconv, kc = (16, 32, 128, 4, 3) if not tiny else (1, 2, 64, 4, 3)
-    ws = gd.gdn_decode_workspace(1, hk, hv, dv, device)
+    ws = gd.gdn_decode_workspace(1, hk, device)
     c = 2 * hk * gd.DK + hv * dv
 
     def build(seed):
@@ -265,10 +273,8 @@ def _gdn_cases(device, tiny) -> list[Case]:
     shape = f"qwen3.6 Hk{hk}/Hv{hv} dk{gd.DK} dv{dv} conv{kconv}"
     return [Case("gdn_decode", shape, build, lambda **kw: gd.gdn_decode(**kw, **kwargs),
                  lambda **kw: gd.gdn_decode_ref(**kw, **kwargs), compare, nb, ("out",),
-                 torch_what="module's torch reference step", extra={"state_bytes_rw": 2 * state_bytes}),
-            Case("gdn_decode", shape + " vs imp_core recurrent", build, lambda **kw: gd.gdn_decode(**kw, **kwargs),
-                 lambda **kw: gd.gdn_decode_imp_core(**kw, **kwargs), compare, nb, ("out",),
-                 torch_what="imp_core conv + recurrent rule + gated norm", extra={"state_bytes_rw": 2 * state_bytes})]
+                 torch_what="module's torch reference step",
+                 extra={"state_bytes_rw": 2 * state_bytes, "kwargs": kwargs})]
 
 
 # ------------------------------------------------------------------------------- routers
@@ -302,45 +308,40 @@ def _router_cases(device, tiny) -> list[Case]:
         out.append(Case("router", name, build, lambda kwargs=kwargs, **kw: rt.route(**kw, **kwargs),
                         lambda kwargs=kwargs, **kw: rt.route_ref(**kw, **kwargs), compare,
                         e * h * 2 + m * h * 2 + (2 * h if gemma else 0), ("weights", "ids"), m=m,
-                        torch_what="imp_core router (linear + softmax_topk)"))
+                        torch_what="torch router (linear + softmax + topk)", extra={"kwargs": kwargs}))
     return out
 
 
 # ------------------------------------------------------------------------------- sampling
-def sampler_tokens(params: SamplingParams, logits: torch.Tensor, steps: int) -> list[int]:
-    """What imp_core's Sampler returns for ``logits`` over ``steps`` steps (batch 1)."""
-    s = Sampler(params, logits.shape[1], logits.device)
-    return [int(s.sample(logits)) for _ in range(steps)]
-
-
 def _sample_cases(device, tiny) -> list[Case]:
-    specs = [("greedy V=262144 fp32", 262144, torch.float32, SamplingParams(temperature=0.0, seed=1)),
-             ("defaults (T.8 k40 p.95 min-p.05) V=248320 fp32", 248320, torch.float32, SamplingParams(seed=2)),
-             ("defaults V=262144 bf16", 262144, torch.bfloat16, SamplingParams(seed=3)),
-             ("T.7 no filter V=248320 fp32", 248320, torch.float32,
-              SamplingParams(temperature=0.7, top_k=0, top_p=1.0, min_p=0.0, seed=4))]
+    S = sm.SampleSettings
+    specs = [("greedy V=262144 fp32", 262144, torch.float32, S(temperature=0.0), 1),
+             ("defaults (T.8 k40 p.95 min-p.05) V=248320 fp32", 248320, torch.float32, S(), 2),
+             ("defaults V=262144 bf16", 262144, torch.bfloat16, S(), 3),
+             ("T.7 no filter V=248320 fp32", 248320, torch.float32, S(temperature=0.7, top_k=0, top_p=1.0, min_p=0.0),
+              4)]
     if tiny:
-        specs = [(n.replace("262144", "9000").replace("248320", "8500"), 9000 if "262144" in n else 8500, dt, p)
-                 for n, v, dt, p in specs]
+        specs = [(n.replace("262144", "9000").replace("248320", "8500"), 9000 if "262144" in n else 8500, dt, p, sd)
+                 for n, v, dt, p, sd in specs]
     out = []
-    for name, vocab, dtype, params in specs:
+    for name, vocab, dtype, params, seed in specs:
         plan = sm.sample_plan(params, vocab, 1, device)
 
-        def build(seed, vocab=vocab, dtype=dtype, params=params):
-            r = _gen(seed, device)
-            return dict(logits=r(1, vocab, scale=3.0, dtype=dtype), row_keys=seed_row_keys(params.seed, 1, device),
+        def build(s, vocab=vocab, dtype=dtype, seed=seed):
+            r = _gen(s, device)
+            return dict(logits=r(1, vocab, scale=3.0, dtype=dtype), row_keys=seed_row_keys(seed, 1, device),
                         step=torch.zeros((), dtype=torch.int64, device=device),
                         tokens=torch.zeros(1, dtype=torch.int64, device=device))
 
-        def compare(a, b, params=params):
-            want = sampler_tokens(params, a["logits"], 1)[0]
-            ok = int(a["tokens"]) == want == int(b["tokens"]) and int(a["step"]) == 1
-            return ok, f"token {int(a['tokens'])}, Sampler {want}, reference {int(b['tokens'])}"
+        def compare(a, b):
+            ok = int(a["tokens"]) == int(b["tokens"]) and int(a["step"]) == 1
+            return ok, f"token {int(a['tokens'])}, reference {int(b['tokens'])}"
 
         out.append(Case("sample", name, build, lambda plan=plan, **kw: sm.sample(**kw, plan=plan),
                         lambda plan=plan, **kw: sm.sample_ref(**kw, plan=plan), compare,
                         vocab * (4 if dtype == torch.float32 else 2), ("tokens",),
-                        torch_what="sampler math in torch (Sampler minus penalty)", extra={"params": params}))
+                        torch_what="sampler math in torch (Sampler minus penalty)",
+                        extra={"params": params, "seed": seed}))
     return out
 
 

@@ -1,11 +1,11 @@
 """Compile the decode-op kernels to sm_90 PTX and print ptxas' resource report (no GPU needed).
 
-    python -m imp_kernels.ops_ptx_report [--keep DIR] [names...]
+    python -m imp_kernels.bench.ptx_report [--keep DIR] [names...]
 
 Needs NVVM/NVRTC (a CUDA toolkit) and ``ptxas`` on PATH; it never launches anything. Each kernel
-is compiled for the argument types its wrapper passes (``KERNEL_SIGS`` below), so the report
+is compiled for the argument types its wrapper passes (``kernel_sigs`` below), so the report
 (registers, spills, stack frame, shared memory) is the one the real launch gets. On the GPU
-machine ``bench_ops`` prints the same figures from the loaded kernels instead.
+machine ``imp_kernels.bench.ops`` prints the same figures from the loaded kernels instead.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def kernel_sigs() -> dict:
 
 def report(names: list[str], keep: Path | None) -> int:
     if SIMULATOR:
-        print("ops_ptx_report: NUMBA_ENABLE_CUDASIM is set; unset it", file=sys.stderr)
+        print("ptx_report: NUMBA_ENABLE_CUDASIM is set; unset it", file=sys.stderr)
         return 2
     out_dir = keep or Path(tempfile.mkdtemp(prefix="imp_ptx_"))
     out_dir.mkdir(parents=True, exist_ok=True)

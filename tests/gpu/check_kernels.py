@@ -20,8 +20,8 @@ import traceback
 import numpy as np
 import torch
 
-from imp_kernels import bench_cases as bc
 from imp_kernels import dtypes, ptx
+from imp_kernels.bench import gemv_cases as bc
 from imp_kernels.compat import cuda
 from imp_kernels.gemv_bf16 import gemv_bf16, gemv_bf16_ref
 from imp_kernels.gemv_fp8 import gemv_fp8, gemv_fp8_ref
@@ -160,7 +160,7 @@ def variants():
 
 
 def main() -> int:
-    import imp_kernels.bench as bench
+    import imp_kernels.bench.gemv as bench
 
     bc.SINGLE_SET = True
     t0 = time.time()
@@ -176,7 +176,6 @@ def main() -> int:
                if q == "Q8_0" or k % 256 == 0]  # K-quants need K % 256 (llama.cpp falls back otherwise)
     makers += [lambda q=q: run_case(lambda: bc.case_gguf("uncapped", q, 5120, 4096, m=2, variant="uncapped"))
                for q in ("Q4_K", "Q6_K")]
-    makers += [lambda: run_case(lambda: bc.case_nvfp4("pipeline 1", 5120, 4096, m=3, pipeline=1))]
     makers += [lambda l=l, n=n, k=k: run_case(lambda: bc.case_bf16(l, n, k, m=3))
                for l, n, k in (("qwen router", 256, 2048), ("deltanet a", 32, 2048), ("shared_gate", 1, 2048),
                                ("qwen lm_head", 248320, 2048))]

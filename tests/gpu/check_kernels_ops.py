@@ -3,10 +3,12 @@
     python3 tests/gpu/check_kernels_ops.py            # on the GPU: real shapes, exits 1 on a failure
     python3 tests/gpu/check_kernels_ops.py --tiny     # anywhere: CUDA simulator, tiny shapes
 
-Every case of ``imp_kernels.ops_cases`` (RMSNorm, fused norm+RoPE+KV write, decode attention at
-contexts 512/4096/32768, the Gated DeltaNet step, the routers, sampling at V=248320/262144) is
-run on fresh random inputs with its pure outputs poisoned first; then the sampling kernel is
-compared with ``imp_core.run.sampling.Sampler`` over several consecutive steps. Prints a pass/fail
+Every case of ``imp_kernels.bench.ops_cases`` (RMSNorm, fused norm+RoPE+KV write, decode attention
+at contexts 512/4096/32768, the Gated DeltaNet step, the routers, sampling at V=248320/262144) is
+run on fresh random inputs with its pure outputs poisoned first, against the kernel module's torch
+reference and again against the engine's own layers ("vs engine" rows, ``tests/kernel_oracles.py``);
+then the sampling kernel is compared with ``imp_core.run.sampling.Sampler`` over several
+consecutive steps. Prints a pass/fail
 table (the last lines of the output) and exits non-zero if anything failed.
 """
 
@@ -16,6 +18,9 @@ import argparse
 import os
 import sys
 import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: kernel_oracles
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,13 +42,15 @@ def main(argv: list[str] | None = None) -> int:
         print("no CUDA device: run with --tiny for the simulator", file=sys.stderr)
         return 2
     from imp_core.run.sampling import Sampler
-    from imp_kernels.ops_cases import all_cases, run_check
+    from imp_kernels.bench.ops_cases import all_cases, run_check
+    from kernel_oracles import engine_cases, sampling_params
 
     device = "cpu" if a.tiny else "cuda"
     only = {s for s in a.only.split(",") if s}
     rows = []
     t_all = time.time()
-    for i, case in enumerate(all_cases(device, a.tiny)):
+    cases = all_cases(device, a.tiny)
+    for i, case in enumerate(cases + engine_cases(cases)):
         if only and case.kernel not in only:
             continue
         t0 = time.time()
@@ -59,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         for case in (c for c in all_cases(device, a.tiny) if c.kernel == "sample"):
             t0 = time.time()
             try:
-                params = case.extra["params"]
+                params = sampling_params(case.extra["params"], case.extra["seed"])
                 kw = case.build(7)
                 mism = 0
                 s_ref = Sampler(params, kw["logits"].shape[1], kw["logits"].device)

@@ -5,7 +5,7 @@ import sys
 
 import torch
 
-from imp_kernels import bench_cases as bc
+from imp_kernels.bench import gemv_cases as bc
 
 
 def main(path: str) -> None:
