@@ -17,26 +17,33 @@ from imp_core.fast.linear import FastLinear, bind_linear, fuse_rows
 
 
 class FusedProjection:
-    """Projections of one input joined into one launch where the format allows, else one each.
-    ``self(x, out)`` writes the concatenated rows into ``out`` [M, sum(N)]; ``views(out)``
-    splits it."""
+    """Projections of one input joined into one launch where the format allows (else into as few
+    launches as the formats allow). ``self(x, out)`` writes the concatenated rows into ``out``
+    [M, sum(N)], in the projections' order."""
 
     def __init__(self, linears: list[Any], *, name: str = "") -> None:
         weights = [lin.weight for lin in linears]
-        self.sizes = [int(w.shape[0]) for w in weights]
         fused = fuse_rows(weights)
         if fused is not None:
             self.parts = [bind_linear(fused, name=name)]
+            self.sizes = [int(fused.shape[0])]  # rows each launch writes, in order
             self.reason = f"{len(linears)} projections in one launch; {self.parts[0].reason}"
             if isinstance(fused, torch.Tensor):
                 bound = self.parts[0].tensors["weight"]
                 start = 0
-                for lin, n in zip(linears, self.sizes):  # the reference path reads the same rows
+                for lin, n in zip(linears, [int(w.shape[0]) for w in weights]):  # the reference reads these rows
                     lin.weight = bound[start:start + n]
                     start += n
-        else:
-            self.parts = [bind_linear(w, name=name) for w in weights]
-            self.reason = f"{len(linears)} launches (formats or scales differ); " + \
+        else:  # join what can be joined: consecutive runs whose formats and scales agree
+            groups: list[list] = []
+            for w in weights:
+                if groups and fuse_rows(groups[-1] + [w]) is not None:
+                    groups[-1].append(w)
+                else:
+                    groups.append([w])
+            self.parts = [bind_linear(g[0] if len(g) == 1 else fuse_rows(g), name=name) for g in groups]
+            self.sizes = [sum(int(w.shape[0]) for w in g) for g in groups]
+            self.reason = f"{len(linears)} projections in {len(groups)} launches (formats or scales differ); " + \
                 "; ".join(sorted({p.reason for p in self.parts}))
 
     @property
@@ -55,9 +62,6 @@ class FusedProjection:
             part(x, out[:, start:start + n])
             start += n
         return out
-
-    def views(self, out: torch.Tensor) -> list[torch.Tensor]:
-        return list(torch.split(out, self.sizes, dim=-1))
 
 
 class FastGatedMLP:

@@ -67,14 +67,15 @@ def random_qtensor(qtype: str, shape: tuple[int, ...], *, device: torch.device, 
 
 
 def mix_formats(mix: dict[str, str]):
-    """``formats(name, shape)`` for ``SyntheticWeights`` from a format mix: keys are tensor-name
-    fragments (e.g. ``"down_proj"``, checked first) or tensor roles (``"experts"``), values qtypes.
+    """``formats(name, shape)`` for ``SyntheticWeights`` from a format mix: keys are tensor roles
+    (``"experts"``, see ``checkpoint.roles.ROLES``) or else tensor-name fragments (``"down_proj"``,
+    checked first), values qtypes.
     A GGUF type whose blocks do not fit the row length falls back to Q8_0, as llama-quantize falls
     back for such rows; other formats that do not fit stay dense."""
-    from imp_core.checkpoint.roles import tensor_role
+    from imp_core.checkpoint.roles import ROLES, tensor_role
 
-    fragments = {k: v for k, v in mix.items() if "_" in k or "." in k}
-    roles = {k: v for k, v in mix.items() if k not in fragments}
+    roles = {k: v for k, v in mix.items() if k in ROLES}
+    fragments = {k: v for k, v in mix.items() if k not in roles}
 
     def formats(name: str, shape: tuple[int, ...]) -> str | None:
         if len(shape) < 2 or "norm" in name or "conv1d" in name:

@@ -98,6 +98,34 @@ def speed(model, fast, vocab: int, prefill: int, decode: int) -> dict:
             "decode_tokens": stats.generated_tokens, "decode_tok_s": tps, "sampler": how}
 
 
+def profile(model, fast, steps: int = 5) -> list[dict]:
+    """GPU time per kernel over ``steps`` eager decode steps (CUPTI): name, launches per step,
+    microseconds per step, share of the GPU-busy time."""
+    from torch.profiler import ProfilerActivity, profile as torch_profile
+
+    from imp_core.run.generator import Generator
+
+    gen = Generator(model, context=64, decoder=fast.decoder)
+    gen.prefill(list(range(100, 116)))
+    gen.decode_step()
+    torch.cuda.synchronize()
+    with torch_profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            gen.decode_step()
+        torch.cuda.synchronize()
+    rows = {}
+    for ev in prof.events():
+        if ev.device_type.name != "CUDA":
+            continue
+        r = rows.setdefault(ev.name[:90], [0, 0.0])
+        r[0] += 1
+        r[1] += ev.device_time_total if hasattr(ev, "device_time_total") else ev.cuda_time_total
+    total = sum(v[1] for v in rows.values()) or 1.0
+    out = [{"kernel": k, "launches_per_step": n / steps, "us_per_step": t / steps, "share": t / total}
+           for k, (n, t) in sorted(rows.items(), key=lambda kv: -kv[1][1])]
+    return out[:25]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", type=Path, default=Path("/tmp/fast-out"))
@@ -106,6 +134,7 @@ def main() -> int:
     ap.add_argument("--prefill", type=int, default=128)
     ap.add_argument("--decode", type=int, default=128)
     ap.add_argument("--no-check", action="store_true")
+    ap.add_argument("--profile", action="store_true", help="per-kernel GPU time of eager decode steps")
     args = ap.parse_args()
     import imp_kernels.compat  # noqa: F401
     from imp_core.fast.model import bind_fast_path
@@ -133,11 +162,19 @@ def main() -> int:
                 row["achieved_GB_s"] = nbytes * row["decode_tok_s"] / 1e9
                 row["fraction_of_copy_bw"] = nbytes * row["decode_tok_s"] / bw
                 row["peak_mem_GB"] = torch.cuda.max_memory_allocated() / 1e9
+                if args.profile:
+                    row["profile"] = profile(model, fast)
+                    busy = sum(p["us_per_step"] for p in row["profile"])
+                    print(f"  profile ({name} {fmt}): top-25 kernels {busy:.0f} us/step of GPU time vs "
+                          f"{1e6 / row['decode_tok_s']:.0f} us/step replayed", flush=True)
+                    for p in row["profile"][:12]:
+                        print(f"    {p['us_per_step']:8.1f} us {p['launches_per_step']:6.1f}x  {p['share']:5.1%}  "
+                              f"{p['kernel'][:70]}", flush=True)
             except Exception as exc:  # keep going: one failing row must not hide the others
                 row["error"] = f"{type(exc).__name__}: {exc}"
                 row["traceback"] = traceback.format_exc()[-3000:]
             row["total_s"] = time.perf_counter() - t0
-            print(json.dumps({k: v for k, v in row.items() if k not in ("plan", "traceback")}), flush=True)
+            print(json.dumps({k: v for k, v in row.items() if k not in ("plan", "traceback", "profile")}), flush=True)
             if "traceback" in row:
                 print(row["traceback"], flush=True)
             results["runs"].append(row)
