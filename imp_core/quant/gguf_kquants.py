@@ -7,6 +7,8 @@ operations are ordered as in gguf-py so results are bit-identical to it.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from imp_core.quant.gguf_legacy import f16_field
@@ -15,6 +17,12 @@ QK_K = 256
 
 
 def _shifts(values, device, shape) -> torch.Tensor:
+    # made once per device: a host-to-device copy inside a CUDA-graph capture is not allowed
+    return _shift_table(tuple(values), torch.device(device), tuple(shape))
+
+
+@functools.lru_cache(maxsize=None)
+def _shift_table(values: tuple, device: torch.device, shape: tuple) -> torch.Tensor:
     return torch.tensor(values, dtype=torch.uint8, device=device).reshape(shape)
 
 

@@ -152,7 +152,8 @@ def permute_columns(w: Any, perm: torch.Tensor, group: int) -> Any:
         scales = dict(w.scales)
         scales["block"] = w.scales["block"].index_select(-1, blocks)
         return QTensor("nvfp4", data, w.shape, scales=scales, meta=dict(w.meta))
-    return w.dequantize(torch.float32).index_select(-1, perm)
+    dense = w.dequantize(torch.float32)
+    return dense.index_select(-1, perm.to(dense.device))
 
 
 def _shift_back(w: Any) -> Any:

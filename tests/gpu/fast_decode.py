@@ -56,7 +56,21 @@ def build(name: str, fmt: str):
                          progress=False, formats=mix_formats(presets.FORMAT_MIXES[fmt]))
     model = family.build(cfg, w)
     w.finish()
+    choose_attention(model)
     return family, cfg, model
+
+
+def choose_attention(model) -> None:
+    """The attention backend of every layer as a run's plan chooses it (fast path on)."""
+    from imp_core.plugin import policy
+    from imp_core.plugin.manager import load_plugins
+    from imp_core.settings.resolve import Settings
+
+    plugins = load_plugins(env={})
+    layers = model.info.attention_layers
+    choices = policy.choose_attention(plugins.hook, layers, Settings(), model.device, plugins.attention,
+                                      torch.bfloat16, fast_path=True)
+    model.set_attention_backends({ly.index: plugins.attention[c.backend] for ly, c in zip(layers, choices)})
 
 
 def check(model, fast, steps: int = 2, prompt: int = 16) -> dict:
