@@ -42,6 +42,9 @@ def check_command(
         typer.echo(f"imp check: {model} ({session.inspection.info.architecture}), {len(ids)}-token prompt, "
                    f"{steps} decode steps, tolerance: relative L2 error <= {REL_TOL:g} per row")
         typer.echo(report.table())
+        if report.routes_total:
+            typer.echo(f"routing: the fast router chose the reference's experts in {report.routes_same} of "
+                       f"{report.routes_total} MoE layer steps ({'ok' if report.routing_ok else 'FAIL'})")
         div = report.first_divergence
         typer.echo("greedy tokens: identical" if div is None else
                    f"greedy tokens: first divergence at step {div} (reference {report.ref_tokens[div]}, "

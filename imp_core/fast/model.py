@@ -26,6 +26,20 @@ class Decoder(ABC):
 
     #: when a list, the step appends the hidden state after every layer (imp check; eager only)
     trace: list | None = None
+    #: imp check: the reference's routing per MoE layer, used instead of ours (consumed in layer
+    #: order) so both paths compute the same experts; our own choices go to ``routes``
+    forced_routes: list | None = None
+    routes: list | None = None
+
+    def follow_routing(self, ids: torch.Tensor, weights: torch.Tensor) -> None:
+        """Called by MoE layers right after routing: in a check, record our ids and take the
+        reference's ids and weights instead. A no-op in runs (nothing set)."""
+        if self.forced_routes is None:
+            return
+        self.routes.append(ids.clone())
+        ref_ids, ref_weights = self.forced_routes.pop(0)
+        ids.copy_(ref_ids.reshape(ids.shape).to(ids.dtype))
+        weights.copy_(ref_weights.reshape(weights.shape).to(weights.dtype))
 
     @abstractmethod
     def __call__(self, token: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:

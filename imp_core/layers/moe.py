@@ -25,6 +25,19 @@ from imp_core.layers.mlp import activation
 GATHER_MAX_TOKENS = 4
 
 
+class RouteTrace:
+    """The routing of each MoE layer in one forward, in layer order, while ``active`` (for
+    ``imp check``: routing is a discrete choice, so the fast path is compared with the reference
+    under the reference's routing, and the routing itself is compared apart)."""
+
+    active: list | None = None
+
+    @classmethod
+    def record(cls, ids: torch.Tensor, weights: torch.Tensor) -> None:
+        if cls.active is not None:
+            cls.active.append((ids.detach().clone(), weights.detach().clone()))
+
+
 def softmax_topk(logits: torch.Tensor, k: int, *, renormalize: bool = True
                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """fp32 softmax over experts, top-k, optional renormalisation -> (weights fp32, ids)."""

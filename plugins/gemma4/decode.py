@@ -89,6 +89,8 @@ class Gemma4Decoder(Decoder):
                      for ly in fast.layers}
         self.mlp_buf = fast.layers[0].mlp.buffers(1, dev)
         self.plans = ops.AttentionPlans()
+        # the attention each layer runs, as the plan chose it when this decoder was made
+        self.backends = {i: fast.model.attention_for(i) for i in range(len(cache.layers))}
         for c in cache.layers:
             self.plans.get(c.k)
         if any(ly.mod.moe for ly in fast.layers):
@@ -110,7 +112,7 @@ class Gemma4Decoder(Decoder):
                             q_norm=a.q_norm.weight, k_norm=a.k_norm.weight, norm_mode="fp32", eps=eps,
                             v_mode="from_k" if v is None else "norm")
         out = self.attn[a.d]
-        ops.decode_attention(self.f.model.attention_for(i), q, c, pos, out, scale=1.0, window=a.window,
+        ops.decode_attention(self.backends[i], q, c, pos, out, scale=1.0, window=a.window,
                              plans=self.plans)
         ly.o(out.view(1, nq), self.tmp)
         ops.norm(self.tmp, ly.mod.post_attention_norm.weight, self.tmp2, eps=eps)
@@ -123,6 +125,7 @@ class Gemma4Decoder(Decoder):
         if m.moe:
             ops.route(self.resid, ly.router, self.ids, self.weights, top_k=m.router.k, workspace=self.router_ws,
                       norm_scale=ly.router_scale, per_expert_scale=ly.per_expert_scale, eps=eps)
+            self.follow_routing(self.ids, self.weights)
             ops.norm(self.resid, m.pre_ff_norm_2.weight, self.normed, eps=eps)
             ly.experts(self.normed, self.ids, self.weights, self.moe_out)
             ops.norm(self.dense, m.post_ff_norm_1.weight, self.tmp, eps=eps)

@@ -15,7 +15,7 @@ from imp_core.model.cache import KVCache
 from imp_core.plugin.attention_registry import AttentionBackend
 from imp_core.layers.linear import Linear, dense_weight
 from imp_core.layers.mlp import GatedMLP
-from imp_core.layers.moe import Experts, softmax_topk
+from imp_core.layers.moe import Experts, RouteTrace, softmax_topk
 from imp_core.layers.norms import RMSNorm, rms_norm
 from imp_core.layers.rope import apply_rotary
 from imp_core.model.weights import WeightStore
@@ -109,6 +109,7 @@ class Gemma4DecoderLayer:
             return d
         flat = r.reshape(-1, r.shape[-1])
         weights, ids = self.router(flat)
+        RouteTrace.record(ids, weights)
         e = self.experts(self.pre_ff_norm_2(flat), ids, weights).reshape(r.shape)
         return self.post_ff_norm_1(d) + self.post_ff_norm_2(e)
 

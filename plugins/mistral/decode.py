@@ -59,6 +59,8 @@ class MistralDecoder(Decoder):
         self.mlp_buf = fast.layers[0][3].buffers(1, dev)
         self.logits = torch.empty(1, fast.vocab, **bf)
         self.plans = ops.AttentionPlans()
+        # the attention each layer runs, as the plan chose it when this decoder was made
+        self.backends = {i: fast.model.attention_for(i) for i in range(len(cache.layers))}
         for c in cache.layers:
             self.plans.get(c.k)  # the split-K workspaces exist before any capture
 
@@ -66,14 +68,15 @@ class MistralDecoder(Decoder):
         f, cfg = self.f, self.f.model.cfg
         torch.index_select(f.embed, 0, token.view(1), out=self.resid)
         nq, nkv = self.h * self.d, self.hkv * self.d
-        for (layer, qkv, o, mlp), c in zip(f.layers, self.cache.layers):
+        for i, ((layer, qkv, o, mlp), c) in enumerate(zip(f.layers, self.cache.layers)):
             ops.norm(self.resid, layer.input_norm.weight, self.normed, eps=cfg.rms_norm_eps, mode="llama")
             qkv(self.normed, self.qkv)
             q = self.qkv[:, :nq].view(1, self.h, self.d)
             k = self.qkv[:, nq:nq + nkv].view(1, self.hkv, self.d)
             v = self.qkv[:, nq + nkv:].view(1, self.hkv, self.d)
             ops.rope_into_cache(q, k, v, pos, c, inv_freq=f.inv_freq)
-            ops.attend_cache(q, c, pos, self.attn, scale=layer.scale, window=layer.window, plans=self.plans)
+            ops.decode_attention(self.backends[i], q, c, pos, self.attn, scale=layer.scale, window=layer.window,
+                                 plans=self.plans)
             o(self.attn.view(1, nq), self.resid, residual=self.resid)
             ops.norm(self.resid, layer.post_norm.weight, self.normed, eps=cfg.rms_norm_eps, mode="llama")
             mlp(self.normed, self.mlp_buf, self.resid, residual=self.resid)

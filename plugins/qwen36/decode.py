@@ -129,6 +129,8 @@ class Qwen36Decoder(Decoder):
         self.gdn_proj = torch.empty(1, cfg.conv_dim + cfg.linear_value_dim + 2 * cfg.linear_num_value_heads, **bf)
         self.gdn_out = torch.empty(1, cfg.linear_value_dim, **bf)
         self.plans = ops.AttentionPlans()
+        # the attention each layer runs, as the plan chose it when this decoder was made
+        self.backends = {i: fast.model.attention_for(i) for i in range(len(cache.layers))}
         self.gdn_ws = {}
         for (layer, mixer, _), c in zip(fast.layers, cache.layers):
             if layer.full:
@@ -160,7 +162,7 @@ class Qwen36Decoder(Decoder):
         v = self.attn_proj[:, 2 * nq + nkv:].view(1, a.hkv, a.d)
         ops.rope_into_cache(q, k, v, pos, c, inv_freq=self.f.inv_freq, q_norm=a.q_norm.weight,
                             k_norm=a.k_norm.weight, norm_mode="fp32", norm_offset=1.0, eps=cfg.rms_norm_eps)
-        ops.decode_attention(self.f.model.attention_for(i), q, c, pos, self.attn, scale=a.scale, window=None,
+        ops.decode_attention(self.backends[i], q, c, pos, self.attn, scale=a.scale, window=None,
                              plans=self.plans, gate=gate)
         mixer.o(self.attn.view(1, nq), self.resid, residual=self.resid)
 
@@ -176,6 +178,7 @@ class Qwen36Decoder(Decoder):
         cfg = self.f.cfg
         ops.route(self.normed, moe.router, self.ids, self.w_bf16, top_k=cfg.num_experts_per_tok,
                   workspace=self.router_ws)
+        self.follow_routing(self.ids, self.w_bf16)
         self.w_f32.copy_(self.w_bf16)  # the reference combines with bf16 routing weights
         moe.shared_gate(self.normed, self.shared_logit)
         if moe.shared is None:  # shared expert fused into the MoE launches

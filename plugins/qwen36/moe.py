@@ -15,7 +15,7 @@ import torch
 
 from imp_core.layers.linear import Linear
 from imp_core.layers.mlp import GatedMLP
-from imp_core.layers.moe import Experts, softmax_topk
+from imp_core.layers.moe import Experts, RouteTrace, softmax_topk
 from imp_qwen36.config import Qwen36Config
 from imp_core.model.loading import checked, load_experts
 
@@ -43,6 +43,7 @@ class SparseMoE:
         flat = x.reshape(-1, shape[-1])
         logits = self.router(flat)
         weights, ids = softmax_topk(logits, self.top_k)
+        RouteTrace.record(ids, weights.to(logits.dtype))
         routed = self.experts(flat, ids, weights.to(logits.dtype))
         shared = torch.sigmoid(self.shared_gate(flat)) * self.shared(flat)
         return (routed + shared).reshape(shape)
