@@ -6,8 +6,8 @@ path holds (``gate_up`` [E, 2I, H], ``down`` [E, H, I], dense or ``QTensor``) an
 
 - NVFP4 stacks -> ``imp_kernels.moe_nvfp4`` on one contiguous tiled buffer per projection (phase
   3-MoE), with a same-shaped NVFP4 shared expert fused into the same two launches;
-- bf16 / fp8 / GGUF stacks -> the format's MoE kernel (``moe_bf16``, ``moe_fp8``, ``moe_gguf``)
-  when imp_kernels has it;
+- bf16 / fp8 / GGUF stacks -> the format's MoE kernel (``moe_bf16``, ``moe_fp8``, ``moe_gguf``,
+  bound in ``experts_formats``), the shared expert fused where its format matches;
 - otherwise the gathered path: the k routed experts' packed rows are selected on the device and
   dequantised to bf16 for two batched matmuls (the reference path's own numbers; slower).
 Each choice carries a one-line reason for the plan.
@@ -24,6 +24,9 @@ import torch.nn.functional as F
 
 from imp_core.fast.ops import SILU
 from imp_core.quant import QTensor
+
+
+GGUF_MOE_TYPES = ("Q8_0", "Q4_K", "Q6_K")  # the block types imp_kernels.moe_gguf decodes
 
 
 def _has(module: str) -> bool:
@@ -152,14 +155,14 @@ def bind_experts(gate_up: Any, down: Any, *, act: str, top_k: int, shared: tuple
     kinds = {_kind(gate_up), _kind(down)}
     if kinds == {"nvfp4"}:
         return _bind_nvfp4(gate_up, down, act, top_k, shared)
-    kind = kinds.pop() if len(kinds) == 1 else "mixed"
+    kind = kinds.pop() if len(kinds) == 1 else "gguf:mixed" if all(k.startswith("gguf:") for k in kinds) else "mixed"
     module = {"bf16": "moe_bf16", "fp8": "moe_fp8"}.get(kind, "moe_gguf" if kind.startswith("gguf:") else "")
-    if module and _has(module) and importlib.util.find_spec("imp_core.fast.experts_formats") is not None:
+    if module == "moe_gguf" and not {_kind(gate_up), _kind(down)} <= {f"gguf:{t}" for t in GGUF_MOE_TYPES}:
+        module = ""
+    if module and _has(module):
         from imp_core.fast import experts_formats
 
-        bound = experts_formats.bind(module, gate_up, down, act, top_k, shared)
-        if bound is not None:
-            return bound
+        return experts_formats.bind(module, gate_up, down, act, top_k, shared)
     return _bind_gathered(gate_up, down, act, top_k,
                           f"{kind} experts: no MoE kernel for this format; the k routed experts are gathered on "
                           f"the device and dequantised to bf16 (the reference path's numbers)")
