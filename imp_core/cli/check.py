@@ -40,7 +40,7 @@ def check_command(
                               f"{session.inspection.context}")
         report = compare(session.model, session.fast, ids, steps)
         typer.echo(f"imp check: {model} ({session.inspection.info.architecture}), {len(ids)}-token prompt, "
-                   f"{steps} decode steps, tolerance: relative L2 error <= {REL_TOL:g} per row")
+                   f"{steps} decode steps; tolerance: relative L2 error <= {REL_TOL:g} x sqrt(layer + 1)")
         typer.echo(report.table())
         if report.routes_total:
             typer.echo(f"routing: the fast router chose the reference's experts in {report.routes_same} of "

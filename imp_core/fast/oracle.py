@@ -12,14 +12,19 @@ Tolerance: both paths compute the same dequantised model in bf16 with fp32 accum
 differ in the order of the fp32 sums and in where values are rounded to bf16 (the reference
 rounds each dequantised weight to bf16 before its matmul; the kernels multiply the exact packed
 values and apply the scales in fp32, and fuse some roundings away). Each such difference is about
-half a bf16 ulp (2^-9 relative) of the value it touches, in random directions, so the relative L2
-error ||fast - ref|| / ||ref|| of a row stays near 2^-9 per rounding and grows slowly with depth;
-a row passes within REL_TOL = 2^-5 (3.1%, ~16 such roundings). A wrong formula, layout or scale
-is off by O(1) in the values it touches and fails.
+half a bf16 ulp (2^-9 relative) of the value it touches, in random directions, so a layer's
+relative L2 error ||fast - ref|| / ||ref|| is a few 2^-9 from its own roundings plus what the
+layers below passed up, which adds like a random walk: layer i passes within
+REL_TOL * sqrt(i + 1), REL_TOL = 2^-5 (3.1%, ~16 roundings' worth), and the logits within the
+last layer's bound. (Measured on tiny checkpoints: 0.4-0.7% at the first layer, growing to 2-4%
+after six Gemma-4 layers, whose sandwich norms amplify.) A wrong formula, layout or scale is off
+by O(1) in the values it touches, and it shows at the first layer of its kind, where the bound is
+tightest.
 """
 
 from __future__ import annotations
 
+import math
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -88,12 +93,13 @@ def reference_attention(model):
         model.set_attention_backends(saved)
 
 
-def _row(what: str, ref: torch.Tensor, fast: torch.Tensor) -> Row:
+def _row(what: str, ref: torch.Tensor, fast: torch.Tensor, depth: int) -> Row:
     a, b = ref.double().reshape(-1), fast.double().reshape(-1)
+    tol = REL_TOL * math.sqrt(depth + 1)
     if not torch.isfinite(b).all():
-        return Row(what, float("inf"), float("inf"))
+        return Row(what, float("inf"), float("inf"), tol)
     rel = float((a - b).norm() / a.norm().clamp_min(1e-30))
-    return Row(what, float((a - b).abs().max()), rel)
+    return Row(what, float((a - b).abs().max()), rel, tol)
 
 
 def compare(model, fast, prompt: list[int], steps: int, *, context: int | None = None) -> CheckReport:
@@ -121,9 +127,9 @@ def compare(model, fast, prompt: list[int], steps: int, *, context: int | None =
             for (ref_ids, _), ours in zip(reference_routes, fst.decoder.routes):
                 report.routes_total += 1
                 report.routes_same += int(sorted(ref_ids.reshape(-1).tolist()) == sorted(ours.reshape(-1).tolist()))
-            rows = [_row(f"layer {i}", x, y) for i, (x, y) in enumerate(zip(model.layer_trace,
-                                                                               fst.decoder.trace))]
-            rows.append(_row("logits", a, b))
+            rows = [_row(f"layer {i}", x, y, i) for i, (x, y) in enumerate(zip(model.layer_trace,
+                                                                                  fst.decoder.trace))]
+            rows.append(_row("logits", a, b, len(rows) - 1))
             for r in rows:
                 if r.what not in worst or r.rel > worst[r.what].rel:
                     worst[r.what] = r

@@ -28,17 +28,20 @@ def main() -> int:
         results[name] = {"returncode": proc.returncode, "stdout": proc.stdout[-4000:], "stderr": proc.stderr[-2000:]}
         ok &= proc.returncode == 0
         worst = max((ln for ln in proc.stdout.splitlines() if ln.startswith(("layer", "logits"))),
-                    key=lambda ln: float(ln.split()[-3]) if len(ln.split()) >= 4 else 0.0, default="")
-        print(f"{name:28s} rc={proc.returncode} worst: {worst.strip()}", flush=True)
+                    key=lambda ln: float(ln.split()[-3]) / float(ln.split()[-2]), default="")
+        routing = next((ln for ln in proc.stdout.splitlines() if ln.startswith("routing")), "")
+        print(f"{name:28s} rc={proc.returncode} worst: {worst.strip()} {routing[:80]}", flush=True)
         if proc.returncode not in (0, 1):
             print(proc.stderr[-1500:], flush=True)
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "check_fast.json").write_text(json.dumps(results, indent=2))
     for name in ("mistral/modelopt-nvfp4", "qwen36/modelopt-mixed", "gemma4/gguf-q4_k_m"):
         if name not in manifest:
             continue
         proc = subprocess.run([sys.executable, "-m", "imp_core.cli", "run", "--model", str(args.fixtures / manifest[name]),
                                "--device", "cuda", "--dtype", "bfloat16", "--prompt", "Tell me about the sea.", "-n",
                                "12", "--seed", "1", "--verbose"], capture_output=True, text=True, timeout=600)
-        fast_line = next((ln for ln in proc.stderr.splitlines() if "decode fast path" in ln), "")
+        fast_line = next((ln for ln in proc.stderr.splitlines() if "decode fast path:" in ln), "")
         results[f"imp run {name}"] = {"returncode": proc.returncode, "fast_path_line": fast_line,
                                       "stderr_tail": proc.stderr[-1500:], "stdout": proc.stdout[-500:]}
         ok &= proc.returncode == 0 and "decode fast path: on" in fast_line

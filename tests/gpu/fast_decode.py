@@ -4,8 +4,8 @@ published format mixes, bound to the kernels exactly as a checkpoint's are, grap
 For each (family, format): build the model on the GPU from ``SyntheticWeights`` with the
 family's ``FORMAT_MIXES`` entry, bind the fast path, then
 - check: a short prefill through the reference forward, then a few teacher-forced decode steps
-  through both the reference forward and the fast decoder; max |diff| / max |ref| of the logits
-  and top-1 agreement;
+  through both the reference forward and the fast decoder, compared layer by layer exactly as
+  ``imp check`` does (imp_core/fast/oracle.py);
 - speed: prefill then greedy decode through the Generator with the fast decoder captured in a
   CUDA graph; decode tok/s, the weight bytes one token reads, achieved GB/s and the fraction of
   the copy bandwidth measured in the same run, peak memory.
@@ -73,25 +73,16 @@ def choose_attention(model) -> None:
     model.set_attention_backends({ly.index: plugins.attention[c.backend] for ly, c in zip(layers, choices)})
 
 
-def check(model, fast, steps: int = 2, prompt: int = 16) -> dict:
-    from imp_core.run.generator import Generator
+def check(model, fast, steps: int = 3) -> dict:
+    """imp check's comparison (fast/oracle.py) at the real shape: per-layer and logit errors over
+    teacher-forced decode steps, routing agreement, greedy divergence."""
+    from imp_core.fast.oracle import compare
 
-    ref = Generator(model, context=64)
-    fst = Generator(model, context=64, decoder=fast.decoder)
-    ids = list(range(100, 100 + prompt))
-    first = ref.prefill(ids)
-    fst.prefill(ids)
-    token = int(first.argmax(-1))
-    errs, agree = [], 0
-    for _ in range(steps):
-        for g in (ref, fst):
-            g.token_buf.fill_(token)
-        a = ref.decode_step().float()
-        b = fst.decode_step().float()
-        errs.append(float((a - b).abs().max() / a.abs().max()))
-        agree += int(a.argmax(-1) == b.argmax(-1))
-        token = int(a.argmax(-1))
-    return {"max_rel_err": max(errs), "rel_errs": errs, "top1_agree": f"{agree}/{steps}"}
+    report = compare(model, fast, list(range(100, 116)), steps)
+    worst = max(report.rows, key=lambda r: r.rel / r.tol)
+    return {"passed": report.ok, "worst_row": worst.what, "worst_rel": worst.rel, "worst_tol": worst.tol,
+            "logits_rel": report.rows[-1].rel, "routing": f"{report.routes_same}/{report.routes_total}",
+            "greedy_divergence": report.first_divergence, "table": report.table()}
 
 
 def speed(model, fast, vocab: int, prefill: int, decode: int) -> dict:
