@@ -44,7 +44,7 @@ def main() -> int:
         fast_line = next((ln for ln in proc.stderr.splitlines() if "decode fast path:" in ln), "")
         results[f"imp run {name}"] = {"returncode": proc.returncode, "fast_path_line": fast_line,
                                       "stderr_tail": proc.stderr[-1500:], "stdout": proc.stdout[-500:]}
-        ok &= proc.returncode == 0 and "decode fast path: on" in fast_line
+        ok &= proc.returncode == 0 and fast_line.split("decode fast path:")[-1].strip().startswith("on")
         print(f"imp run --device cuda {name}: rc={proc.returncode} | {fast_line.strip()} | "
               f"{proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else ''}", flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
