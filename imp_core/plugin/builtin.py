@@ -17,3 +17,10 @@ def imp_decode_fast_path(model, settings):
     from imp_core.plugin.policy import core_fast_path_reasons
 
     return core_fast_path_reasons(model, settings)
+
+
+@hookimpl(trylast=True)
+def imp_output_parser(family, prompt, tools):
+    from imp_core.text.output_parser import PlainOutputParser
+
+    return PlainOutputParser()

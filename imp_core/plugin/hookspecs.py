@@ -101,3 +101,18 @@ def imp_adjust_settings(model: "ModelInfo", settings: "Settings") -> "list[Setti
     collected; each applies only if the user left that key at its default (so config files,
     environment and flags always win), and each is logged with its reason.
     """
+
+
+@hookspec(firstresult=True)
+def imp_output_parser(family: str, prompt: str, tools: "list[dict] | None") -> Any:
+    """A fresh incremental parser of the family's output syntax, or None to pass.
+
+    Called once per generation (each request of ``imp serve``, each turn of ``imp chat``),
+    before the first token. ``prompt`` is the rendered prompt text (so the parser knows when the
+    template already opened a reasoning block); ``tools`` is the request's tool list or None.
+    firstresult: a family plugin answers for its own ``family`` name; the core answers last with
+    a parser that treats everything as answer text. The parser follows
+    ``imp_core.text.output_parser.OutputParser``: ``feed(text)`` and ``finish()`` return
+    ``OutputEvent``s (answer text, reasoning text, complete tool calls), and ``markers`` names
+    the strings it must see even where the tokenizer marks them special.
+    """
