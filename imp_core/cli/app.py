@@ -1,4 +1,4 @@
-"""The `imp` command line: run, info, plugins, config show."""
+"""The `imp` command line: run, serve, chat, info, plugins, config show."""
 
 from __future__ import annotations
 
@@ -137,6 +137,11 @@ def config_show(config: Optional[Path] = ConfigOpt, set_items: Optional[List[str
     with user_errors():
         resolved = _settings(config, set_items, {}, quiet=True)
         typer.echo(resolved.show())
+
+
+from imp_core.cli.server_commands import register as _register_server_commands  # noqa: E402
+
+_register_server_commands(app)
 
 
 def main() -> None:
