@@ -194,6 +194,13 @@ def _sampling(state: ServerState, req: SamplingFields) -> SamplingParams:
         raise invalid(str(exc).replace("sampling.", ""), code="invalid_value") from None
 
 
+def job_finished(metrics: ServerMetrics, job: GenerationJob, fin: Finished) -> None:
+    """Called by the scheduler for every job that ends, whether or not its client is still there."""
+    metrics.finished(job.label, fin)
+    logger.info("{}: prompt {} tok, generated {} tok ({})", job.label, fin.prompt_tokens, fin.completion_tokens,
+                fin.reason)
+
+
 def _submit(state: ServerState, req: SamplingFields, ids: list[int], max_tokens: int, parser: Any) -> JobHandle:
     if not ids:
         raise invalid("the prompt is empty after tokenization", "prompt")
@@ -201,7 +208,8 @@ def _submit(state: ServerState, req: SamplingFields, ids: list[int], max_tokens:
         raise invalid(f"This model's maximum context length is {state.context} tokens, but the prompt is "
                       f"{len(ids)} tokens.", "messages" if isinstance(req, ChatCompletionRequest) else "prompt",
                       "context_length_exceeded")
-    job = GenerationJob(ids, _sampling(state, req), max_tokens, req.stop_list(), req.ignore_eos, parser)
+    label = "/v1/chat/completions" if isinstance(req, ChatCompletionRequest) else "/v1/completions"
+    job = GenerationJob(ids, _sampling(state, req), max_tokens, req.stop_list(), req.ignore_eos, parser, label)
     try:
         handle = state.scheduler.submit(job)
     except QueueFull as exc:
@@ -211,12 +219,6 @@ def _submit(state: ServerState, req: SamplingFields, ids: list[int], max_tokens:
         raise APIError(503, f"Not accepting requests: {exc}.", type="server_error", code="shutting_down") from None
     state.metrics.queue_length.set(state.scheduler.queue_length)
     return handle
-
-
-def _finished(state: ServerState, endpoint: str, fin: Finished) -> None:
-    state.metrics.finished(endpoint, fin)
-    logger.info("{}: prompt {} tok, generated {} tok ({})", endpoint, fin.prompt_tokens, fin.completion_tokens,
-                fin.reason)
 
 
 def _include_usage(req: SamplingFields) -> bool:
@@ -242,7 +244,6 @@ async def _chat_stream(state: ServerState, handle: JobHandle, header: Header, in
                     yield sse(header.wrap([{"index": 0, "delta": chat_delta(ev, tool_calls), "finish_reason": None}]))
                     tool_calls += ev.kind == "tool_call"
             elif isinstance(event, Finished):
-                _finished(state, "/v1/chat/completions", event)
                 yield sse(header.wrap([{"index": 0, "delta": {}, "finish_reason": finish_reason(event, tool_calls)}]))
                 if include_usage:
                     yield sse(header.wrap([], usage=usage(event)))
@@ -262,7 +263,6 @@ async def _text_stream(state: ServerState, handle: JobHandle, header: Header, in
                 if text:
                     yield sse(header.wrap([{"index": 0, "text": text, "logprobs": None, "finish_reason": None}]))
             elif isinstance(event, Finished):
-                _finished(state, "/v1/completions", event)
                 yield sse(header.wrap([{"index": 0, "text": "", "logprobs": None, "finish_reason": event.reason}]))
                 if include_usage:
                     yield sse(header.wrap([], usage=usage(event)))
@@ -302,7 +302,6 @@ async def _collect(state: ServerState, request: Request, handle: JobHandle) -> t
 
 async def _chat_whole(state: ServerState, request: Request, handle: JobHandle, header: Header) -> dict[str, Any]:
     deltas, fin = await _collect(state, request, handle)
-    _finished(state, "/v1/chat/completions", fin)
     acc = ChatAccumulator()
     for delta in deltas:
         for ev in delta.events:
@@ -314,7 +313,6 @@ async def _chat_whole(state: ServerState, request: Request, handle: JobHandle, h
 
 async def _text_whole(state: ServerState, request: Request, handle: JobHandle, header: Header) -> dict[str, Any]:
     deltas, fin = await _collect(state, request, handle)
-    _finished(state, "/v1/completions", fin)
     text = "".join(ev.text for d in deltas for ev in d.events)
     return header.wrap([{"index": 0, "text": text, "logprobs": None, "finish_reason": fin.reason}],
                        usage=usage(fin))

@@ -18,6 +18,7 @@ class GenerationJob:
     stops: list[str]
     ignore_eos: bool
     parser: OutputParser
+    label: str = ""  # who asked (the endpoint), for metrics and logs
     cancelled: threading.Event = field(default_factory=threading.Event)
 
 

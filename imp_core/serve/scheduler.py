@@ -76,7 +76,8 @@ Runner = Callable[[GenerationJob, Callable[[JobEvent], None]], None]
 class FifoScheduler:
     """One job at a time on a worker thread; at most ``max_queue`` jobs wait behind it."""
 
-    def __init__(self, run: Runner, max_queue: int, *, on_queue_change: Callable[[int], None] = lambda n: None) -> None:
+    def __init__(self, run: Runner, max_queue: int, *, on_queue_change: Callable[[int], None] = lambda n: None,
+                 on_finished: Callable[[GenerationJob, Finished], None] = lambda job, fin: None) -> None:
         self._run = run
         self.max_queue = max_queue
         self._waiting: collections.deque[JobHandle] = collections.deque()
@@ -85,6 +86,7 @@ class FifoScheduler:
         self._closed = False
         self._running: JobHandle | None = None
         self._on_queue_change = on_queue_change
+        self._on_finished = on_finished
         self._thread = threading.Thread(target=self._work, name="imp-engine", daemon=True)
         self._thread.start()
 
@@ -119,8 +121,13 @@ class FifoScheduler:
                 self._running.cancel()
             self._cond.notify_all()
         for handle in waiting:
-            handle.put(Finished("abort", len(handle.job.prompt_ids), 0))
+            self._emit(handle, Finished("abort", len(handle.job.prompt_ids), 0))
         self._thread.join(timeout)
+
+    def _emit(self, handle: JobHandle, event: JobEvent) -> None:
+        if isinstance(event, Finished):  # seen here: a cancelled job's consumer is already gone
+            self._on_finished(handle.job, event)
+        handle.put(event)
 
     def _work(self) -> None:
         while True:
@@ -133,9 +140,9 @@ class FifoScheduler:
                 self._on_queue_change(len(self._waiting))
             try:
                 if handle.job.cancelled.is_set():  # its client left while it waited
-                    handle.put(Finished("abort", len(handle.job.prompt_ids), 0))
+                    self._emit(handle, Finished("abort", len(handle.job.prompt_ids), 0))
                 else:
-                    self._run(handle.job, handle.put)
+                    self._run(handle.job, lambda event, handle=handle: self._emit(handle, event))
             except Exception as exc:  # one failed request must not stop the server
                 logger.opt(exception=exc).error("generation failed: {}", exc)
                 handle.put(Failed(f"generation failed: {type(exc).__name__}: {exc}"))
