@@ -38,6 +38,8 @@ def served(tmp_path_factory):
 
     def scripted(job: GenerationJob, emit) -> None:
         prompts.append(tok.decode(job.prompt_ids, skip_special_tokens=False))
+        if "explode" in prompts[-1]:
+            raise RuntimeError("the engine broke")
         for i in range(0, len(SCRIPT), 3):  # pieces that cut markers apart
             events = job.parser.feed(SCRIPT[i:i + 3])
             if events:
@@ -51,11 +53,11 @@ def served(tmp_path_factory):
                         hook=load_plugins(env={}).hook, scheduler=FifoScheduler(scripted, 4),
                         defaults=SamplingParams(), default_max_tokens=64)
     with testclient.TestClient(create_app(state)) as http:
-        yield openai.OpenAI(base_url="http://testserver/v1", api_key="x", http_client=http, max_retries=0), prompts
+        yield openai.OpenAI(base_url="http://testserver/v1", api_key="x", http_client=http, max_retries=0), prompts, http
 
 
 def test_whole_answer_separates_reasoning_content_and_tool_calls(served):
-    client, prompts = served
+    client, prompts, _ = served
     msg = client.chat.completions.create(model="qwen", messages=ASK, tools=TOOLS)
     choice = msg.choices[0]
     assert choice.finish_reason == "tool_calls"
@@ -68,7 +70,7 @@ def test_whole_answer_separates_reasoning_content_and_tool_calls(served):
 
 
 def test_streamed_deltas_carry_reasoning_apart_and_the_call_whole(served):
-    client, prompts = served
+    client, prompts, _ = served
     chunks = list(client.chat.completions.create(model="qwen", messages=ASK, tools=TOOLS, stream=True))
     deltas = [c.choices[0].delta for c in chunks]
     reasoning = "".join((d.model_extra or {}).get("reasoning_content") or "" for d in deltas)
@@ -82,7 +84,7 @@ def test_streamed_deltas_carry_reasoning_apart_and_the_call_whole(served):
 
 
 def test_tool_choice_none_keeps_tools_out_of_the_template(served):
-    client, prompts = served
+    client, prompts, _ = served
     client.chat.completions.create(model="qwen", messages=ASK, tools=TOOLS, tool_choice="none")
     assert "<tools>" not in prompts[-1]
     history = [*ASK, {"role": "assistant", "content": None, "tool_calls": [
@@ -90,3 +92,15 @@ def test_tool_choice_none_keeps_tools_out_of_the_template(served):
                {"role": "tool", "tool_call_id": "call_1", "content": "sunny"}]
     client.chat.completions.create(model="qwen", messages=history, tools=TOOLS)
     assert "<|im_start|>tool\nsunny" in prompts[-1]
+
+
+def test_an_engine_failure_is_a_500_in_openai_shape_and_the_next_request_is_served(served):
+    client, _, http = served
+    boom = [{"role": "user", "content": "explode"}]
+    with pytest.raises(openai.InternalServerError) as err:
+        client.chat.completions.create(model="qwen", messages=boom)
+    assert err.value.body["type"] == "server_error" and "the engine broke" in err.value.body["message"]
+    with http.stream("POST", "/v1/chat/completions", json={"model": "qwen", "messages": boom, "stream": True}) as resp:
+        lines = [line for line in resp.iter_lines() if line]
+    assert json.loads(lines[-2][6:])["error"]["type"] == "server_error" and lines[-1] == "data: [DONE]"
+    assert client.chat.completions.create(model="qwen", messages=ASK).choices[0].message.content == "Let me look.\n"

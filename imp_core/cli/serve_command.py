@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from functools import partial
 from pathlib import Path
 
 from imp_core.cli.run_command import sampling_params
 from imp_core.logging import log_plan
 from imp_core.plugin.manager import PluginSet
 from imp_core.run.session import load_session
-from imp_core.serve.app import ServerState, job_finished
+from imp_core.serve.app import ServerState
 from imp_core.serve.engine import Engine
 from imp_core.serve.metrics import ServerMetrics
 from imp_core.serve.scheduler import FifoScheduler
@@ -24,7 +23,7 @@ def serve_model(model_path: Path, resolved: ResolvedSettings, plugins: PluginSet
     resolved = insp.settings
     metrics = ServerMetrics()
     scheduler = FifoScheduler(Engine(session).run, max_queue, on_queue_change=metrics.queue_length.set,
-                              on_finished=partial(job_finished, metrics))
+                              on_finished=metrics.job_finished)
     state = ServerState(session=session, model_name=model_name or model_path.name, hook=plugins.hook,
                         scheduler=scheduler, defaults=sampling_params(resolved),
                         default_max_tokens=resolved.settings.runtime.max_tokens, api_key=api_key,

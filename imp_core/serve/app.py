@@ -2,7 +2,7 @@
 
 Every request is checked completely (body, model name, parameters, prompt length) before it is
 queued, so a bad request costs no engine time. Generation itself happens behind the
-scheduler; this module only turns its events into JSON or server-sent events.
+scheduler; ``streams`` turns its events into JSON or server-sent events.
 """
 
 from __future__ import annotations
@@ -15,20 +15,20 @@ from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, TypeVar
 
 from fastapi import FastAPI, Request
-from loguru import logger
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response
 
 from imp_core.errors import ImpError
 from imp_core.run.sampling import SamplingParams
 from imp_core.run.session import Session
 from imp_core.serve.chat_prompt import render_prompt, template_tools
 from imp_core.serve.errors import APIError, invalid, validation_error
-from imp_core.serve.jobs import Delta, Failed, Finished, GenerationJob
+from imp_core.serve.jobs import GenerationJob
 from imp_core.serve.metrics import ServerMetrics
 from imp_core.serve.protocol import ChatCompletionRequest, CompletionRequest, SamplingFields, unsupported_values
-from imp_core.serve.responses import ChatAccumulator, Header, chat_delta, finish_reason, new_id, sse, usage
+from imp_core.serve.responses import Header, new_id
+from imp_core.serve.streams import chat_stream, chat_whole, sse_response, text_stream, text_whole
 from imp_core.serve.scheduler import JobHandle, NotAccepting, QueueFull, Scheduler
 from imp_core.text.output_parser import PlainOutputParser
 
@@ -118,8 +118,8 @@ def create_app(state: ServerState) -> FastAPI:
         handle = _submit(state, req, ids, max_tokens, parser)
         header = Header(new_id("chatcmpl"), state.model_name, "chat.completion.chunk")
         if req.stream:
-            return _sse(_chat_stream(state, handle, header, _include_usage(req)))
-        return JSONResponse(await _chat_whole(state, request, handle, header))
+            return sse_response(chat_stream(state.metrics, handle, header, _include_usage(req)))
+        return JSONResponse(await chat_whole(state.metrics, request, handle, header))
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> Response:
@@ -136,8 +136,8 @@ def create_app(state: ServerState) -> FastAPI:
         handle = _submit(state, req, ids, max_tokens, PlainOutputParser())
         header = Header(new_id("cmpl"), state.model_name, "text_completion")
         if req.stream:
-            return _sse(_text_stream(state, handle, header, _include_usage(req)))
-        return JSONResponse(await _text_whole(state, request, handle, header))
+            return sse_response(text_stream(state.metrics, handle, header, _include_usage(req)))
+        return JSONResponse(await text_whole(state.metrics, request, handle, header))
 
     return app
 
@@ -194,13 +194,6 @@ def _sampling(state: ServerState, req: SamplingFields) -> SamplingParams:
         raise invalid(str(exc).replace("sampling.", ""), code="invalid_value") from None
 
 
-def job_finished(metrics: ServerMetrics, job: GenerationJob, fin: Finished) -> None:
-    """Called by the scheduler for every job that ends, whether or not its client is still there."""
-    metrics.finished(job.label, fin)
-    logger.info("{}: prompt {} tok, generated {} tok ({})", job.label, fin.prompt_tokens, fin.completion_tokens,
-                fin.reason)
-
-
 def _submit(state: ServerState, req: SamplingFields, ids: list[int], max_tokens: int, parser: Any) -> JobHandle:
     if not ids:
         raise invalid("the prompt is empty after tokenization", "prompt")
@@ -223,96 +216,3 @@ def _submit(state: ServerState, req: SamplingFields, ids: list[int], max_tokens:
 
 def _include_usage(req: SamplingFields) -> bool:
     return bool(req.stream_options and req.stream_options.include_usage)
-
-
-def _sse(body: AsyncIterator[str]) -> StreamingResponse:
-    return StreamingResponse(body, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-
-
-def _error_chunk(failed: Failed) -> str:
-    return sse(APIError(500, failed.message, type="server_error").body())
-
-
-async def _chat_stream(state: ServerState, handle: JobHandle, header: Header, include_usage: bool) -> AsyncIterator[str]:
-    state.metrics.running.inc()
-    try:
-        yield sse(header.wrap([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]))
-        tool_calls = 0
-        async for event in handle.events():
-            if isinstance(event, Delta):
-                for ev in event.events:
-                    yield sse(header.wrap([{"index": 0, "delta": chat_delta(ev, tool_calls), "finish_reason": None}]))
-                    tool_calls += ev.kind == "tool_call"
-            elif isinstance(event, Finished):
-                yield sse(header.wrap([{"index": 0, "delta": {}, "finish_reason": finish_reason(event, tool_calls)}]))
-                if include_usage:
-                    yield sse(header.wrap([], usage=usage(event)))
-            else:
-                yield _error_chunk(event)
-        yield sse("[DONE]")
-    finally:
-        state.metrics.running.dec()
-
-
-async def _text_stream(state: ServerState, handle: JobHandle, header: Header, include_usage: bool) -> AsyncIterator[str]:
-    state.metrics.running.inc()
-    try:
-        async for event in handle.events():
-            if isinstance(event, Delta):
-                text = "".join(ev.text for ev in event.events)
-                if text:
-                    yield sse(header.wrap([{"index": 0, "text": text, "logprobs": None, "finish_reason": None}]))
-            elif isinstance(event, Finished):
-                yield sse(header.wrap([{"index": 0, "text": "", "logprobs": None, "finish_reason": event.reason}]))
-                if include_usage:
-                    yield sse(header.wrap([], usage=usage(event)))
-            else:
-                yield _error_chunk(event)
-        yield sse("[DONE]")
-    finally:
-        state.metrics.running.dec()
-
-
-async def _collect(state: ServerState, request: Request, handle: JobHandle) -> tuple[list[Delta], Finished]:
-    """All events of a non-streamed job; a client that leaves meanwhile cancels it."""
-
-    async def watch() -> None:
-        while not handle.job.cancelled.is_set():
-            if await request.is_disconnected():
-                handle.cancel()
-                return
-            await asyncio.sleep(0.2)
-
-    watcher = asyncio.create_task(watch())
-    state.metrics.running.inc()
-    deltas: list[Delta] = []
-    try:
-        async for event in handle.events():
-            if isinstance(event, Delta):
-                deltas.append(event)
-            elif isinstance(event, Failed):
-                raise APIError(500, event.message, type="server_error")
-            else:
-                return deltas, event
-        raise APIError(500, "the generation ended without a result", type="server_error")
-    finally:
-        watcher.cancel()
-        state.metrics.running.dec()
-
-
-async def _chat_whole(state: ServerState, request: Request, handle: JobHandle, header: Header) -> dict[str, Any]:
-    deltas, fin = await _collect(state, request, handle)
-    acc = ChatAccumulator()
-    for delta in deltas:
-        for ev in delta.events:
-            acc.add(ev)
-    header.object = "chat.completion"
-    return header.wrap([{"index": 0, "message": acc.message(), "logprobs": None,
-                         "finish_reason": finish_reason(fin, len(acc.tool_calls))}], usage=usage(fin))
-
-
-async def _text_whole(state: ServerState, request: Request, handle: JobHandle, header: Header) -> dict[str, Any]:
-    deltas, fin = await _collect(state, request, handle)
-    text = "".join(ev.text for d in deltas for ev in d.events)
-    return header.wrap([{"index": 0, "text": text, "logprobs": None, "finish_reason": fin.reason}],
-                       usage=usage(fin))

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from loguru import logger
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from imp_core.serve.jobs import Finished
+from imp_core.serve.jobs import Finished, GenerationJob
 
 
 class ServerMetrics:
@@ -22,6 +23,12 @@ class ServerMetrics:
         self.decode_rate = Histogram(
             "imp_decode_tokens_per_second", "decode speed of each generation",
             buckets=(1, 5, 10, 25, 50, 100, 200, 400, 800, 1600), registry=r)
+
+    def job_finished(self, job: GenerationJob, event: Finished) -> None:
+        """Called by the scheduler for every job that ends, whether or not its client is still there."""
+        self.finished(job.label, event)
+        logger.info("{}: prompt {} tok, generated {} tok ({})", job.label, event.prompt_tokens,
+                    event.completion_tokens, event.reason)
 
     def finished(self, endpoint: str, event: Finished) -> None:
         self.requests.labels(endpoint, "cancelled" if event.reason == "abort" else "ok").inc()
