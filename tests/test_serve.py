@@ -229,3 +229,10 @@ def test_sigterm_finishes_the_request_in_flight_then_exits_0(strict):
     assert strict.proc.wait(30) == 0
     with pytest.raises(httpx.TransportError):
         httpx.get(strict.url + "/health", timeout=2)
+
+
+def test_a_port_in_use_is_one_error_line_before_loading(ckpt, server):
+    proc = run_imp("serve", "--model", str(ckpt), "--port", str(server.port), timeout=60)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert f"error: cannot listen on 127.0.0.1:{server.port}" in proc.stderr
+    assert "resolved plan" not in proc.stderr

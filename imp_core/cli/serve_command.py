@@ -12,12 +12,13 @@ from imp_core.serve.app import ServerState
 from imp_core.serve.engine import Engine
 from imp_core.serve.metrics import ServerMetrics
 from imp_core.serve.scheduler import FifoScheduler
-from imp_core.serve.server import serve
+from imp_core.serve.server import check_address, serve
 from imp_core.settings.resolve import ResolvedSettings
 
 
 def serve_model(model_path: Path, resolved: ResolvedSettings, plugins: PluginSet, *, host: str, port: int,
                 model_name: str | None, max_queue: int, api_key: str | None, shutdown_timeout: float) -> None:
+    check_address(host, port)
     session = load_session(model_path, resolved, plugins)
     insp = session.inspection
     resolved = insp.settings

@@ -8,6 +8,7 @@ scheduler; ``streams`` turns its events into JSON or server-sent events.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import time
 from contextlib import asynccontextmanager
@@ -33,6 +34,7 @@ from imp_core.serve.scheduler import JobHandle, NotAccepting, QueueFull, Schedul
 from imp_core.text.output_parser import PlainOutputParser
 
 RequestT = TypeVar("RequestT", bound=SamplingFields)
+ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/models")
 
 
 @dataclass
@@ -67,7 +69,7 @@ def create_app(state: ServerState) -> FastAPI:
 
     @app.exception_handler(APIError)
     async def api_error(request: Request, exc: APIError) -> JSONResponse:
-        state.metrics.requests.labels(request.url.path, "error").inc()
+        state.metrics.requests.labels(_endpoint(request), "error").inc()
         return exc.response()
 
     @app.exception_handler(HTTPException)
@@ -78,8 +80,9 @@ def create_app(state: ServerState) -> FastAPI:
     @app.middleware("http")
     async def check_api_key(request: Request, call_next: Any) -> Response:
         if state.api_key and request.url.path.startswith("/v1"):
-            if request.headers.get("authorization", "") != f"Bearer {state.api_key}":
-                state.metrics.requests.labels(request.url.path, "error").inc()
+            given = request.headers.get("authorization", "").encode()
+            if not hmac.compare_digest(given, f"Bearer {state.api_key}".encode()):
+                state.metrics.requests.labels(_endpoint(request), "error").inc()
                 return APIError(401, "Incorrect API key provided.", code="invalid_api_key").response()
         return await call_next(request)
 
@@ -140,6 +143,12 @@ def create_app(state: ServerState) -> FastAPI:
         return JSONResponse(await text_whole(state.metrics, request, handle, header))
 
     return app
+
+
+def _endpoint(request: Request) -> str:
+    """The metrics label of a request: its endpoint, never a client-chosen path."""
+    path = request.url.path
+    return path if path in ENDPOINTS else "/v1/models" if path.startswith("/v1/models") else "other"
 
 
 def _model_card(state: ServerState) -> dict[str, Any]:

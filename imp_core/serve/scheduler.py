@@ -74,7 +74,7 @@ Runner = Callable[[GenerationJob, Callable[[JobEvent], None]], None]
 
 
 class FifoScheduler:
-    """One job at a time on a worker thread; at most ``max_queue`` jobs wait behind it."""
+    """One job at a time on a worker thread; at most ``max_queue`` jobs wait behind the running one."""
 
     def __init__(self, run: Runner, max_queue: int, *, on_queue_change: Callable[[int], None] = lambda n: None,
                  on_finished: Callable[[GenerationJob, Finished], None] = lambda job, fin: None) -> None:
@@ -99,7 +99,7 @@ class FifoScheduler:
         with self._cond:
             if not self._accepting:
                 raise NotAccepting("the server is shutting down")
-            if len(self._waiting) >= self.max_queue:
+            if len(self._waiting) + (self._running is not None) > self.max_queue:
                 raise QueueFull(f"the queue is full ({self.max_queue} requests waiting)")
             self._waiting.append(handle)
             self._on_queue_change(len(self._waiting))

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import signal
+import socket
 from types import FrameType
 
 import uvicorn
 from loguru import logger
 
+from imp_core.errors import ImpError
 from imp_core.serve.app import ServerState, create_app
 
 
@@ -26,6 +28,17 @@ class _GracefulServer(uvicorn.Server):
             self.should_exit = True
         elif sig == signal.SIGINT:
             self.force_exit = True  # a second Ctrl-C: do not wait any longer
+
+
+def check_address(host: str, port: int) -> None:
+    """Fail with one line now, not with a uvicorn traceback after the model has loaded."""
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
+    except OSError as exc:
+        raise ImpError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
 
 
 def serve(state: ServerState, *, host: str, port: int, shutdown_timeout: float) -> None:
