@@ -121,7 +121,7 @@ def create_app(state: ServerState) -> FastAPI:
         handle = _submit(state, req, ids, max_tokens, parser)
         header = Header(new_id("chatcmpl"), state.model_name, "chat.completion.chunk")
         if req.stream:
-            return sse_response(chat_stream(state.metrics, handle, header, _include_usage(req)))
+            return sse_response(chat_stream(state.metrics, handle, header, _include_usage(req)), handle)
         return JSONResponse(await chat_whole(state.metrics, request, handle, header))
 
     @app.post("/v1/completions")
@@ -139,7 +139,7 @@ def create_app(state: ServerState) -> FastAPI:
         handle = _submit(state, req, ids, max_tokens, PlainOutputParser())
         header = Header(new_id("cmpl"), state.model_name, "text_completion")
         if req.stream:
-            return sse_response(text_stream(state.metrics, handle, header, _include_usage(req)))
+            return sse_response(text_stream(state.metrics, handle, header, _include_usage(req)), handle)
         return JSONResponse(await text_whole(state.metrics, request, handle, header))
 
     return app

@@ -15,8 +15,23 @@ from imp_core.serve.responses import ChatAccumulator, Header, chat_delta, finish
 from imp_core.serve.scheduler import JobHandle
 
 
-def sse_response(body: AsyncIterator[str]) -> StreamingResponse:
-    return StreamingResponse(body, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+class _JobStream(StreamingResponse):
+    """Server-sent events of one job; however the response ends (finished, client gone before the
+    first byte, server stopping), the job is cancelled if it still runs."""
+
+    def __init__(self, body: AsyncIterator[str], handle: JobHandle) -> None:
+        super().__init__(body, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        self._handle = handle
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._handle.cancel()
+
+
+def sse_response(body: AsyncIterator[str], handle: JobHandle) -> StreamingResponse:
+    return _JobStream(body, handle)
 
 
 def _error_chunk(failed: Failed) -> str:
