@@ -22,3 +22,10 @@ def imp_detect_quant(checkpoint, family):
     from imp_core.quant.detect.dispatch import detect_quant
 
     return detect_quant(checkpoint)
+
+
+@hookimpl(trylast=True)
+def imp_output_parser(family, prompt, tools):
+    from imp_core.text.output_parser import PlainOutputParser
+
+    return PlainOutputParser()

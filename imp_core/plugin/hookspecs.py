@@ -31,6 +31,7 @@ if TYPE_CHECKING:  # pragma: no cover
         SettingOverride,
     )
     from imp_core.quant.plan import QuantPlan
+    from imp_core.text.output_parser import OutputParser
     from imp_core.settings.resolve import Settings
 
 PROJECT = "imp"
@@ -118,4 +119,19 @@ def imp_adjust_settings(model: "ModelInfo", settings: "Settings") -> "list[Setti
     Called once per run after the model config is parsed. Not firstresult: all overrides are
     collected; each applies only if the user left that key at its default (so config files,
     environment and flags always win), and each is logged with its reason.
+    """
+
+
+@hookspec(firstresult=True)
+def imp_output_parser(family: str, prompt: str, tools: "list[dict] | None") -> "OutputParser | None":
+    """A fresh incremental parser of the family's output syntax, or None to pass.
+
+    Called once per generation (each request of ``imp serve``, each turn of ``imp chat``),
+    before the first token. ``prompt`` is the rendered prompt text (so the parser knows when the
+    template already opened a reasoning block); ``tools`` is the request's tool list or None.
+    firstresult: a family plugin answers for its own ``family`` name; the core answers last with
+    a parser that treats everything as answer text. The parser follows
+    ``imp_core.text.output_parser.OutputParser``: ``feed(text)`` and ``finish()`` return
+    ``OutputEvent``s (answer text, reasoning text, complete tool calls), and ``markers`` names
+    the strings it must see even where the tokenizer marks them special.
     """

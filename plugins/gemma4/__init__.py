@@ -32,3 +32,12 @@ def imp_phase_policy(phase, model, default, settings):
     from imp_gemma4.policy import phase_decision
 
     return phase_decision(phase, model, default)
+
+
+@hookimpl
+def imp_output_parser(family, prompt, tools):
+    if family != "gemma4":
+        return None
+    from imp_gemma4.output import output_parser
+
+    return output_parser(prompt)

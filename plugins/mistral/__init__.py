@@ -15,3 +15,12 @@ def imp_register_architectures(register):
         model_types=["mistral", "mistral3"],
         gguf_architectures=["llama", "mistral3"],
     )
+
+
+@hookimpl
+def imp_output_parser(family, prompt, tools):
+    if family != "mistral":
+        return None
+    from imp_mistral.output import output_parser
+
+    return output_parser(prompt)

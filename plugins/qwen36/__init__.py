@@ -19,3 +19,12 @@ def imp_register_architectures(register):
         model_types=["qwen3_5_moe", "qwen3_5_moe_text", "qwen3_5", "qwen3_5_text"],
         gguf_architectures=["qwen35moe", "qwen35"],
     )
+
+
+@hookimpl
+def imp_output_parser(family, prompt, tools):
+    if family != "qwen36":
+        return None
+    from imp_qwen36.output import output_parser
+
+    return output_parser(prompt, tools)
