@@ -73,7 +73,7 @@ def run_prompt(model_path: Path, text: str, resolved: ResolvedSettings, plugins:
                       else f"off - device is {insp.device.type}"))
     session = load_session(model_path, resolved, plugins, inspection=insp, tokenizer=tokenizer)
     params = sampling_params(resolved)
-    sampler = session.sampler(params)
+    sampler = session.sampler(params, log_plan=True)
     insp.plan.append(("sampling", _describe_sampling(params, sampler.seed)))
     log_plan("resolved plan", insp.plan)
     return stream(session, ids, resolved, stop=stop, out=out, sampler=sampler)

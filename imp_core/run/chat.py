@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from imp_core.errors import ImpError
-from imp_core.run.generator import GenerationStats, Generator
-from imp_core.run.sampling import Sampler, SamplingParams
+from imp_core.run.generator import GenerationStats
+from imp_core.run.sampling import SamplingParams
 from imp_core.run.session import Session
 from imp_core.run.text_stream import TextStream
 from imp_core.text.output_parser import OutputEvent
@@ -47,8 +47,8 @@ class ChatSession:
         self.tokenizer = session.tokenizer
         if not self.tokenizer.has_chat_template:
             raise ImpError("this checkpoint has no chat template; imp chat needs one (use imp run --raw)")
-        self.generator = Generator(session.model, session.inspection.context, cuda_graphs=cuda_graphs)
-        self.sampler = Sampler(params, vocab_size=session.inspection.info.vocab_size, device=session.model.device)
+        self.generator = session.generator(cuda_graphs=cuda_graphs)
+        self.sampler = session.sampler(params)
         self.max_tokens = max_tokens
         self.hook = hook
         self.system = system

@@ -201,22 +201,25 @@ class Session:
     tokenizer: Any
     fast: Any = None
 
-    def generator(self, *, context: int | None = None) -> Generator:
-        """A generator for one sequence: the fast decoder when the fast path is bound."""
+    def generator(self, *, context: int | None = None, cuda_graphs: bool | None = None) -> Generator:
+        """A generator for one sequence: the fast decoder when the fast path is bound; CUDA
+        graphs as ``runtime.cuda_graphs`` says unless ``cuda_graphs`` is given."""
         insp = self.inspection
-        return Generator(self.model, context or insp.context, cuda_graphs=insp.settings.settings.runtime.cuda_graphs,
+        graphs = insp.settings.settings.runtime.cuda_graphs if cuda_graphs is None else cuda_graphs
+        return Generator(self.model, context or insp.context, cuda_graphs=graphs,
                          decoder=self.fast.decoder if self.fast is not None else None)
 
-    def sampler(self, params: SamplingParams) -> Sampler:
+    def sampler(self, params: SamplingParams, *, log_plan: bool = False) -> Sampler:
         """The sampler for ``params``: the device kernel on the fast path where it reproduces
-        ``Sampler``, else ``Sampler`` itself."""
+        ``Sampler``, else ``Sampler`` itself (``log_plan``: add a plan line saying which)."""
         vocab = self.inspection.info.vocab_size
         if self.fast is None:
             return Sampler(params, vocab_size=vocab, device=self.model.device)
         from imp_core.fast.sampling import fast_sampler
 
         sampler, how = fast_sampler(params, vocab, self.model.device)
-        self.inspection.plan.append(("sampler", how))
+        if log_plan:
+            self.inspection.plan.append(("sampler", how))
         return sampler
 
 

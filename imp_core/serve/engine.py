@@ -5,8 +5,6 @@ from __future__ import annotations
 import time
 from typing import Callable
 
-from imp_core.run.generator import Generator
-from imp_core.run.sampling import Sampler
 from imp_core.run.session import Session
 from imp_core.run.text_stream import TextStream
 from imp_core.serve.jobs import Delta, Finished, GenerationJob, JobEvent
@@ -24,13 +22,12 @@ class Engine:
     def __init__(self, session: Session) -> None:
         self.session = session
         self.context = session.inspection.context
-        self.generator = Generator(session.model, self.context, cuda_graphs=False)
+        self.generator = session.generator(cuda_graphs=False)
 
     def run(self, job: GenerationJob, emit: Callable[[JobEvent], None]) -> None:
         tok, gen = self.session.tokenizer, self.generator
         gen.reset()
-        sampler = Sampler(job.params, vocab_size=self.session.inspection.info.vocab_size,
-                          device=self.session.model.device)
+        sampler = self.session.sampler(job.params)
         stream = TextStream(tok, job.parser, job.stops)
         start = time.perf_counter()
         first_token_at: list[float] = []
