@@ -1,4 +1,4 @@
-"""The `imp` command line: run, serve, chat, check, info, plugins, config show."""
+"""The `imp` command line: run, serve, chat, check, bench, info, plugins, config show."""
 
 from __future__ import annotations
 
@@ -145,10 +145,12 @@ def main() -> None:
 
 def _register_commands() -> None:
     """Commands that live in their own modules (their heavy imports happen when they run)."""
+    from imp_core.cli.bench_command import bench_command
     from imp_core.cli.check import check_command
     from imp_core.cli.server_commands import register as register_server_commands
 
     app.command("check")(check_command)
+    app.command("bench")(bench_command)
     register_server_commands(app)
 
 

@@ -133,6 +133,16 @@ class Family(ABC):
         at the real shapes (benchmarks and full-size smoke runs; see imp_core.model.synthetic)."""
         raise NotImplementedError(f"family '{self.name}' has no synthetic weight spec")
 
+    def presets(self) -> dict[str, dict[str, Any]]:
+        """Named real-shape (and mini) configs for ``imp bench --preset`` (config.json-like dicts)."""
+        return {}
+
+    def format_mixes(self) -> dict[str, dict[str, str]]:
+        """How published checkpoints store this family's weights, by format name (``bf16``,
+        ``nvfp4``, ``fp8``, ``gguf-q4_k_m``, ...): tensor role or name fragment -> qtype, for random
+        real-shape models (see ``imp_core.model.synthetic_quant.mix_formats``)."""
+        return {}
+
     def config_from_dict(self, data: dict[str, Any]) -> Any:
         """The family config from a config.json-like dict (e.g. a real-shape preset)."""
         raise NotImplementedError(f"family '{self.name}' cannot parse a bare config dict")

@@ -135,6 +135,28 @@ class Generator:
         torch.cuda.synchronize(self.device)
         return time.perf_counter() - t0  # the warm-up step + capture, reported apart
 
+    def step(self, sampler) -> float:
+        """One decode step from ``token_buf`` (graph replay where enabled); returns the seconds a
+        first step spent capturing the graph (0 otherwise). The caller advances ``length``."""
+        if self.cuda_graphs:
+            return self._graphed_step(sampler)
+        self._eager_step(sampler)
+        return 0.0
+
+    def assume_history(self, n: int) -> None:
+        """Benchmarks: mark the first ``n`` positions of every KV cache as filled (their values
+        are whatever the buffers hold), so a decode step attends over ``n`` tokens without a
+        prefill of ``n`` tokens first. Recurrent states keep their values."""
+        self.reset()
+        for c in self.cache.layers:
+            slot_pos = getattr(c, "slot_pos", None)
+            if slot_pos is not None:
+                cap = slot_pos.shape[0]
+                pos = torch.arange(max(0, n - cap), n, device=slot_pos.device)
+                slot_pos[pos % cap if c.ring else pos] = pos
+        self.length = n
+        self.pos_buf.fill_(n - 1)
+
     def generate(self, prompt_ids: list[int], sampler, *, max_tokens: int, eos_ids: Iterable[int],
                  on_token: Callable[[int], bool] | None = None) -> tuple[list[int], GenerationStats]:
         """Prefill ``prompt_ids`` then sample up to ``max_tokens`` tokens.
@@ -166,10 +188,7 @@ class Generator:
             if len(out) >= budget:
                 stats.finish_reason = "max tokens" if budget == max_tokens else "context full"
                 break
-            if self.cuda_graphs:
-                stats.capture_seconds += self._graphed_step(sampler)
-            else:
-                self._eager_step(sampler)
+            stats.capture_seconds += self.step(sampler)
             self.length += 1
             tok = int(self.token_buf.item())
         # the last sampled token is not yet in the cache; it is fed on the next turn, if any

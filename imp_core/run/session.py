@@ -113,7 +113,7 @@ def check_implemented(s) -> None:
         raise ConfigError(f"moe.experts_impl '{s.moe.experts_impl}' is not supported yet (only 'auto')")
 
 
-def _fast_path_reasons(plugins: PluginSet, family: Family, info: ModelInfo, s, device: torch.device,
+def fast_path_reasons(plugins: PluginSet, family: Family, info: ModelInfo, s, device: torch.device,
                        dtype: torch.dtype) -> list[str]:
     """The one eligibility predicate, with the core's environment facts gathered here (the
     kernel import is only tried when nothing else already rules the fast path out)."""
@@ -161,7 +161,7 @@ def inspect_checkpoint(path: str | Path, resolved: ResolvedSettings, plugins: Pl
     if context > max_ctx:
         logger.warning("runtime.context {} exceeds the model's max_position_embeddings {}", context, max_ctx)
 
-    reasons = _fast_path_reasons(plugins, family, info, s, device, dtype)
+    reasons = fast_path_reasons(plugins, family, info, s, device, dtype)
     fast = not reasons
     if s.runtime.fast_path == "on" and not fast:
         raise ConfigError("runtime.fast_path is 'on' but the decode fast path cannot run: " + "; ".join(reasons))

@@ -44,6 +44,16 @@ class Gemma4Family(Family):
 
     has_fast_decode = True
 
+    def presets(self):
+        from imp_gemma4.presets import PRESETS
+
+        return PRESETS
+
+    def format_mixes(self):
+        from imp_gemma4.presets import FORMAT_MIXES
+
+        return FORMAT_MIXES
+
     def fast_model(self, model):
         from imp_gemma4.decode import Gemma4Fast
 

@@ -32,6 +32,16 @@ class MistralFamily(Family):
 
     has_fast_decode = True
 
+    def presets(self):
+        from imp_mistral.presets import PRESETS
+
+        return PRESETS
+
+    def format_mixes(self):
+        from imp_mistral.presets import FORMAT_MIXES
+
+        return FORMAT_MIXES
+
     def fast_model(self, model):
         from imp_mistral.decode import MistralFast
 

@@ -24,3 +24,9 @@ FORMAT_MIXES = {
                     "attention": "gguf:Q4_K", "mlp": "gguf:Q4_K"},
     "gguf-q8_0": {"attention": "gguf:Q8_0", "mlp": "gguf:Q8_0", "lm_head": "gguf:Q8_0"},
 }
+
+# A two-layer cut of the same shapes (small vocab and width) that runs `imp bench` on a CPU.
+MISTRAL_MINI = {**MISTRAL_SMALL_3_2_24B, "num_hidden_layers": 2, "hidden_size": 256, "intermediate_size": 512,
+                "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 4096}
+
+PRESETS["mistral-mini"] = MISTRAL_MINI

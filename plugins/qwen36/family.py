@@ -80,6 +80,16 @@ class Qwen36Family(Family):
 
     has_fast_decode = True
 
+    def presets(self):
+        from imp_qwen36.presets import PRESETS
+
+        return PRESETS
+
+    def format_mixes(self):
+        from imp_qwen36.presets import FORMAT_MIXES
+
+        return FORMAT_MIXES
+
     def fast_model(self, model):
         from imp_qwen36.decode import Qwen36Fast
 
