@@ -15,6 +15,7 @@ from pydantic import BaseModel, ValidationError
 
 from imp_core.checkpoint.base import Checkpoint
 from imp_core.errors import CheckpointError
+from imp_core.model.config_checks import size_problem
 from imp_core.plugin.plan_types import AttentionChoice, ModelInfo
 from imp_core.model.weights import WeightStore
 
@@ -23,6 +24,9 @@ C = TypeVar("C", bound=BaseModel)
 
 def parse_config(model: type[C], data: dict[str, Any], source: str) -> C:
     """Validate a family config; the error names the file and the first bad key."""
+    problem = size_problem(data)
+    if problem is not None:
+        raise CheckpointError(f"{source}: config key '{problem[0]}' {problem[1]}")
     try:
         return model.model_validate(data)
     except ValidationError as exc:
