@@ -31,8 +31,11 @@ def parse_config(model: type[C], data: dict[str, Any], source: str) -> C:
         return model.model_validate(data)
     except ValidationError as exc:
         err = exc.errors()[0]
-        key = ".".join(str(p) for p in err.get("loc", ())) or "?"
-        raise CheckpointError(f"{source}: bad or missing config key '{key}': {err.get('msg')}") from None
+        key = ".".join(str(p) for p in err.get("loc", ()))
+        msg = str(err.get("msg", "")).removeprefix("Value error, ")
+        if not key:  # a check across keys (e.g. heads divisible by kv heads): the message names them
+            raise CheckpointError(f"{source}: {msg}") from None
+        raise CheckpointError(f"{source}: bad or missing config key '{key}': {msg}") from None
 
 
 class CausalLM(ABC):

@@ -26,7 +26,7 @@ def checked(w: Any, name: str, shape: tuple[int, ...], *, keys: str = "", **kw: 
     The check is on the tensor as the model sees it (the logical shape of a packed weight, after
     any GGUF converter transform). ``keys`` names the config keys ``shape`` was derived from.
     """
-    src = f" (from {keys})" if keys else " from the config"
+    src = f" (from {keys})" if keys else _config_source(getattr(w, "config", None), shape)
     if name not in w:
         raise CheckpointError(f"{source_of(w)}: missing tensor '{name}' (expected shape {list(shape)}{src})")
     t = w.get(name, **kw)
@@ -34,6 +34,21 @@ def checked(w: Any, name: str, shape: tuple[int, ...], *, keys: str = "", **kw: 
         raise CheckpointError(f"{source_of(w)}: tensor '{name}' has shape {list(t.shape)}, expected "
                               f"{list(shape)}{src}")
     return t
+
+
+def _config_source(config: Any, shape: tuple[int, ...]) -> str:
+    """" (dim 0 = 384: intermediate_size; ...)" naming the config keys each expected dim equals
+    (or is the product of two of), for families that do not name them in the call."""
+    fields = getattr(config, "__dict__", {})
+    ints = {k: v for k, v in fields.items() if isinstance(v, int) and not isinstance(v, bool) and v > 1}
+    parts = []
+    for i, dim in enumerate(shape):
+        names = [k for k, v in ints.items() if v == dim]
+        if not names:
+            names = [f"{a} x {b}" for a, va in ints.items() for b, vb in ints.items() if a < b and va * vb == dim]
+        if names:
+            parts.append(f"dim {i} = {dim}: {' or '.join(names[:3])}")
+    return f" (from the config: {'; '.join(parts)})" if parts else " from the config"
 
 
 def load_experts(w: Any, prefix: str, num_experts: int, hidden: int, inter: int,

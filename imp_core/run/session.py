@@ -15,6 +15,7 @@ import torch
 from loguru import logger
 
 from imp_core.plugin import policy
+from imp_core.run import preflight
 from imp_core.checkpoint.base import Checkpoint
 from imp_core.checkpoint.open import open_checkpoint
 from imp_core.errors import ConfigError, DeviceError, QuantError
@@ -80,6 +81,7 @@ class Inspection:
     fast_path_reasons: list[str]
     plan: list[tuple[str, str]] = field(default_factory=list)
     load_report: list[tuple[str, str]] = field(default_factory=list)  # what Phase 0 did (after loading)
+    memory: Any = None  # a preflight.MemoryPlan for a one-token prompt
 
 
 def _generation_defaults(checkpoint: Checkpoint, resolved: ResolvedSettings
@@ -162,8 +164,28 @@ def inspect_checkpoint(path: str | Path, resolved: ResolvedSettings, plugins: Pl
         *policy.summarize_attention(info.attention_layers, attention),
         ("decode fast path", "on" if not reasons else "off - " + "; ".join(reasons)),
     ]
-    return Inspection(checkpoint, spec, family, config, info, quant_plan, resolved, device, dtype,
+    insp = Inspection(checkpoint, spec, family, config, info, quant_plan, resolved, device, dtype,
                       context, phases, attention, reasons, plan)
+    tensors = preflight.model_tensors(insp)
+    preflight.check_embedding(insp, tensors)
+    insp.memory = preflight.plan_memory(insp, tensors, prompt_tokens=1)
+    plan.append(("memory", insp.memory.describe()))
+    notice = demo_notice(checkpoint)
+    if notice:
+        plan.insert(0, ("note", notice))
+    return insp
+
+
+def demo_notice(checkpoint: Checkpoint) -> str | None:
+    """The demo checkpoint's reminder that its weights are random (see imp_mistral.demo)."""
+    note = checkpoint.config.get("imp_demo")
+    return f"demo checkpoint: {note}" if isinstance(note, str) else None
+
+
+def context_setting(insp: Inspection) -> str:
+    """How the context was chosen, for messages: "4096 (runtime.context)" or "4096 (auto)"."""
+    s = insp.settings
+    return f"{insp.context} ({'runtime.context' if s.settings.runtime.context else 'auto'})"
 
 
 @dataclass
@@ -175,7 +197,7 @@ class Session:
     tokenizer: Any
 
 
-def _renames(insp: Inspection) -> tuple[Any, Any]:
+def renames(insp: Inspection) -> tuple[Any, Any]:
     """(rename, transform) for the WeightStore: the family's own, behind the GGUF name table."""
     rename = insp.family.rename(insp.config, insp.checkpoint)
     if insp.checkpoint.format != "gguf":
@@ -191,12 +213,13 @@ def build_model(insp: Inspection, *, progress: bool = True) -> CausalLM:
     """Read the weights and build the model the inspection planned; log what Phase 0 did."""
     from imp_core.model.phases import PhasePipeline
 
-    rename, transform = _renames(insp)
+    rename, transform = renames(insp)
     pipeline = PhasePipeline(insp.phases, insp.quant_plan, dequant=insp.settings.settings.quant.dequant,
                              dtype=insp.dtype, device=insp.device)
     weights = WeightStore(insp.checkpoint, device=insp.device, dtype=insp.dtype,
                           quant_plan=insp.quant_plan, extra_skip=insp.family.skip_prefixes,
                           rename=rename, progress=progress, transform=transform, phases=pipeline)
+    weights.config = insp.config  # names the config keys in shape errors (imp_core.model.loading)
     model = insp.family.build(insp.config, weights)
     weights.finish(strict=True)
     model.set_attention_backends(insp.attention)
@@ -225,6 +248,7 @@ def load_tokenizer(insp: Inspection) -> Any:
 def load_session(path: str | Path, resolved: ResolvedSettings, plugins: PluginSet, *,
                  progress: bool = True) -> Session:
     insp = inspect_checkpoint(path, resolved, plugins)
+    preflight.check_memory(insp.memory, context_setting(insp))
     if insp.settings.settings.runtime.threads:
         torch.set_num_threads(insp.settings.settings.runtime.threads)
     tokenizer = load_tokenizer(insp)
