@@ -28,6 +28,20 @@ class MappedFiles:
         return m
 
 
+MAX_INDEXABLE = 2**62  # torch's strides are int64
+
+
+def dims_indexable(shape: tuple[int, ...] | list[int]) -> bool:
+    """Whether torch can give ``shape`` strides; an empty tensor (a 0 dim) can still claim others
+    too large to index."""
+    strides = 1
+    for d in shape:
+        strides *= max(d, 1)
+        if strides >= MAX_INDEXABLE:
+            return False
+    return True
+
+
 @dataclass(frozen=True)
 class TensorInfo:
     """Where one stored tensor lives and what it is, without its bytes."""

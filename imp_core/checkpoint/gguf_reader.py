@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from imp_core.checkpoint.base import Checkpoint, MappedFiles, TensorInfo
+from imp_core.checkpoint.base import Checkpoint, MappedFiles, TensorInfo, dims_indexable
 from imp_core.checkpoint.gguf_parse import RawTensorInfo, parse_gguf
 from imp_core.errors import CheckpointError
 
@@ -82,6 +82,8 @@ def read_gguf_file(path: Path) -> tuple[dict[str, Any], dict[str, TensorInfo]]:
         if row % block:
             raise CheckpointError(f"{path}: tensor '{raw.name}' of type {qtype} has row length {row}, "
                                   f"not a multiple of its block size {block}")
+        if not dims_indexable(ne):
+            raise CheckpointError(f"{path}: tensor '{raw.name}' has shape {shape}, too large to index")
         numel = math.prod(ne)
         nbytes = numel // block * type_size
         offset = contents.data_start + raw.offset

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from imp_core.checkpoint.base import Checkpoint, MappedFiles, TensorInfo
+from imp_core.checkpoint.base import Checkpoint, MappedFiles, TensorInfo, dims_indexable
 from imp_core.checkpoint.json_file import parse_json, read_json_object
 from imp_core.errors import CheckpointError
 
@@ -79,6 +79,8 @@ def _entry(path: Path, name: str, entry: Any, data_size: int, data_start: int) -
             or offsets[0] > offsets[1]):
         raise CheckpointError(f"{bad} has data_offsets {str(offsets)[:80]}, expected [begin, end] with "
                               f"0 <= begin <= end")
+    if not dims_indexable(shape):
+        raise CheckpointError(f"{bad} has shape {str(shape)[:80]}, too large to index")
     begin, end = offsets
     if end > data_size:
         raise CheckpointError(f"{path}: truncated safetensors file (tensor '{name}' ends at byte "

@@ -45,14 +45,16 @@ def write_seeds(corpus: Path, seeds: dict[str, bytes]) -> None:
 
 
 def main(target: Callable[[bytes], None], seeds: Callable[[], dict[str, bytes]]) -> None:
-    """``python tests/fuzz/fuzz_X.py [libFuzzer flags] CORPUS_DIR``: seeds CORPUS_DIR, then fuzzes."""
+    """``python tests/fuzz/fuzz_X.py [libFuzzer flags] CORPUS_DIR``: seeds CORPUS_DIR, then fuzzes;
+    given files instead of a directory, runs just those inputs (to reproduce a crash)."""
     import atheris
 
     args = sys.argv[1:]
     dirs = [a for a in args if not a.startswith("-")]
     if not dirs:
-        sys.exit(f"usage: {sys.argv[0]} [libFuzzer flags] CORPUS_DIR")
-    write_seeds(Path(dirs[0]), seeds())
+        sys.exit(f"usage: {sys.argv[0]} [libFuzzer flags] CORPUS_DIR | CRASH_FILE...")
+    if not Path(dirs[0]).is_file():
+        write_seeds(Path(dirs[0]), seeds())
     defaults = [*DEFAULT_FLAGS, f"-artifact_prefix={Path(dirs[0]).resolve()}-"]
     flags = [f for f in defaults if f.split("=")[0] not in {a.split("=")[0] for a in args}]
     limit_address_space()
