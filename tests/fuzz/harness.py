@@ -56,6 +56,9 @@ def main(target: Callable[[bytes], None], seeds: Callable[[], dict[str, bytes]])
     if not Path(dirs[0]).is_file():
         write_seeds(Path(dirs[0]), seeds())
     defaults = [*DEFAULT_FLAGS, f"-artifact_prefix={Path(dirs[0]).resolve()}-"]
+    dictionary = Path(sys.argv[0]).with_name(Path(sys.argv[0]).stem.removeprefix("fuzz_") + ".dict")
+    if dictionary.is_file():
+        defaults.append(f"-dict={dictionary}")
     flags = [f for f in defaults if f.split("=")[0] not in {a.split("=")[0] for a in args}]
     limit_address_space()
     atheris.Setup([sys.argv[0], *flags, *args], target)
