@@ -1,5 +1,6 @@
-"""Fuzz the GGUF reader: one file's bytes, opened, every tensor read, and the metadata turned into
-the family config (config_from_gguf + parse_config) when a built-in family claims the arch."""
+"""Fuzz the GGUF reader: one file's bytes, opened, every tensor read, the tokenizer built from the
+metadata, and the metadata turned into the family config (config_from_gguf + parse_config) when a
+built-in family claims the arch."""
 
 from __future__ import annotations
 
@@ -10,9 +11,11 @@ import atheris
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-with atheris.instrument_imports(include=["imp_core.checkpoint", "imp_mistral", "imp_qwen36", "imp_gemma4"]):
+with atheris.instrument_imports(include=["imp_core.checkpoint", "imp_core.text", "imp_mistral", "imp_qwen36",
+                                         "imp_gemma4"]):
     from imp_core.checkpoint.gguf_names import config_for_gguf
     from imp_core.checkpoint.gguf_reader import open_gguf
+    from imp_core.text.gguf_tokenizer import tokenizer_from_gguf
     from imp_gemma4.family import Gemma4Family
     from imp_mistral.family import MistralFamily
     from imp_qwen36.family import Qwen36Family
@@ -37,6 +40,8 @@ def target(data: bytes) -> None:
         ck = open_gguf(path)
         for name in ck.tensors:
             ck.read(name)
+        if "tokenizer.ggml.tokens" in ck.metadata:
+            tokenizer_from_gguf(ck.metadata, source=str(path))
         family = FAMILIES.get(ck.gguf_architecture or "")
         if family is not None:
             ck.config = config_for_gguf(family, ck)
