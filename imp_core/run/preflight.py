@@ -112,9 +112,12 @@ def plan_memory(insp: Any, tensors: dict[str, TensorInfo], prompt_tokens: int) -
     chunk = max(1, min(prompt_tokens, PREFILL_CHUNK))
     heads = max((a.num_heads for a in info.attention_layers), default=1)
     elsize = torch.empty(0, dtype=insp.dtype).element_size()
+    # the eager path (and torch's CPU math fallback) holds a chunk's scores against the whole cache;
+    # CUDA's fused SDPA kernels hold no score matrix
+    scores = any(a.backend == "eager" for a in insp.attention) or insp.device.type == "cpu"
     workspace = (info.vocab_size * 4 * 8  # fp32 logits and the sampler's sort/mask buffers
                  + chunk * info.hidden_size * elsize * 16  # one chunk's activations, generously
-                 + chunk * insp.context * heads * 4  # attention scores of the chunk (eager path)
+                 + (chunk * insp.context * heads * 4 if scores else 0)
                  + WORKSPACE_MARGIN)
     return MemoryPlan(insp.device, weights, cache, workspace, free_bytes(insp.device))
 
