@@ -27,7 +27,6 @@ from imp_core.checkpoint.base import Checkpoint, MappedFiles, TensorInfo, dims_i
 from imp_core.checkpoint.gguf_parse import RawTensorInfo, parse_gguf
 from imp_core.errors import CheckpointError
 
-GGUF_MAGIC = b"GGUF"
 SPLIT_RE = re.compile(r"^(?P<prefix>.*)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf$", re.IGNORECASE)
 
 # GGUF types stored as plain arrays -> torch dtype
