@@ -39,3 +39,7 @@ class PromptTooLongError(ImpError):
 
 class DeviceError(ImpError):
     """The requested device is not available."""
+
+
+class OutOfMemoryError(ImpError):
+    """The planned weights, cache and workspace do not fit in the target device's free memory."""

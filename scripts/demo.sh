@@ -3,7 +3,7 @@
 #   ./scripts/demo.sh                         tiny random demo checkpoint (its text is noise)
 #   ./scripts/demo.sh --model PATH [args...]  a real checkpoint; any `imp run` arguments pass through
 . "$(dirname "$0")/setup_env.sh"
-pip_q -e .
+pip_once imp -e .
 args=("$@")
 if [[ " ${args[*]-} " != *" --model "* && " ${args[*]-} " != *" -m "* ]]; then
     if [ ! -f demo-checkpoint/config.json ]; then

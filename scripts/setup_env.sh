@@ -18,7 +18,8 @@ pip_q() {
     fi
     grep -v -e "^WARNING: Location" -e "^$" <<<"$out" >&2 || true
 }
+. "$ROOT/scripts/pip_stamp.sh"
 if [ "${IMP_TORCH:-}" != "skip" ]; then
-    pip_q "${IMP_TORCH:-torch==2.13.0}" numpy
+    pip_once torch "${IMP_TORCH:-torch==2.13.0}" numpy
 fi
 python -W ignore -c "import torch" || { echo "torch is not importable (set IMP_TORCH or install it)" >&2; exit 1; }

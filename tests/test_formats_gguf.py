@@ -123,7 +123,7 @@ def test_row_not_multiple_of_block_and_unsupported_type(tmp_path):
     path.write_bytes(bytes(raw))
     with pytest.raises(CheckpointError) as info:
         open_checkpoint(path)
-    _one_line(info, "row.gguf", "row size (100) is not a multiple of Q4_K block size (256)")
+    _one_line(info, "row.gguf", "Q4_K has row length 100, not a multiple of its block size 256")
 
 
 def test_cli_reports_a_truncated_gguf_in_one_line(tmp_path):

@@ -114,7 +114,7 @@ def test_wrong_tensor_shape_and_missing_experts_name_the_tensor():
     bad = dict(spec)
     name = "model.layers.0.linear_attn.in_proj_qkv.weight"
     bad[name] = ((17, cfg.hidden_size), "normal")
-    with pytest.raises(CheckpointError, match=r"in_proj_qkv.weight' has shape \(17, 256\), expected \(1024, 256\)"):
+    with pytest.raises(CheckpointError, match=r"in_proj_qkv.weight' has shape \[17, 256\], expected \[1024, 256\]"):
         FAMILY.build(cfg, SyntheticWeights(bad, device=torch.device("cpu"), dtype=torch.float32, progress=False))
     missing = {k: v for k, v in spec.items() if ".experts." not in k or not k.startswith("model.layers.2.")}
     with pytest.raises(CheckpointError, match="no experts for 'model.layers.2.mlp.'"):

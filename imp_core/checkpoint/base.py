@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import mmap
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +26,20 @@ class MappedFiles:
                 m = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
             self._maps[path] = m
         return m
+
+
+MAX_INDEXABLE = 2**62  # torch's strides are int64
+
+
+def dims_indexable(shape: tuple[int, ...] | list[int]) -> bool:
+    """Whether torch can give ``shape`` strides; an empty tensor (a 0 dim) can still claim others
+    too large to index."""
+    strides = 1
+    for d in shape:
+        strides *= max(d, 1)
+        if strides >= MAX_INDEXABLE:
+            return False
+    return True
 
 
 @dataclass(frozen=True)
@@ -94,14 +107,9 @@ class Checkpoint:
         """A JSON file beside the weights, or None if absent; a corrupt one is an error."""
         if not self.has_file(name):
             return None
-        path = self.directory / name
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise CheckpointError(f"{path}: not valid JSON ({exc})") from None
-        if not isinstance(data, dict):
-            raise CheckpointError(f"{path}: expected a JSON object")
-        return data
+        from imp_core.checkpoint.json_file import read_json_object
+
+        return read_json_object(self.directory / name)
 
     # -- tensors ------------------------------------------------------------------------
     def read(self, name: str) -> torch.Tensor:

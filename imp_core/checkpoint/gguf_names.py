@@ -27,6 +27,7 @@ from typing import Any, Callable, Mapping
 
 import torch
 
+from imp_core.checkpoint.gguf_metadata_checks import check_arch_metadata
 from imp_core.errors import CheckpointError, QuantError
 from imp_core.quant import QTensor
 
@@ -154,4 +155,12 @@ def config_for_gguf(family: Any, checkpoint: Any) -> dict[str, Any]:
     if build is None or getattr(family, "gguf_names", lambda: None)() is None:
         raise CheckpointError(f"{checkpoint.path}: family '{family.name}' cannot read GGUF files "
                               f"(its plugin declares no GGUF name table)")
-    return build(checkpoint.metadata, checkpoint.tensors, where=str(checkpoint.path))
+    where = str(checkpoint.path)
+    check_arch_metadata(checkpoint.metadata, checkpoint.gguf_architecture or "", where)
+    try:
+        return build(checkpoint.metadata, checkpoint.tensors, where=where)
+    except (TypeError, ValueError, ArithmeticError, IndexError, KeyError) as exc:
+        # a metadata value of a shape the family did not expect (the checks above cover the usual keys)
+        detail = " ".join(str(exc).split())[:100]
+        raise CheckpointError(f"{where}: GGUF metadata does not describe a valid '{family.name}' model "
+                              f"({type(exc).__name__}: {detail})") from None

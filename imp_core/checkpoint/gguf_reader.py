@@ -1,7 +1,8 @@
-"""GGUF files (one file or ``*-0000N-of-0000M.gguf`` splits), read with the gguf package.
+"""GGUF files (one file or ``*-0000N-of-0000M.gguf`` splits).
 
-Metadata (key/values and tensor infos) is parsed by ``gguf.GGUFReader`` and validated here
-against the file size before any tensor is read: bad magic, a truncated file, a tensor whose
+Metadata (key/values and tensor infos) is parsed by ``imp_core.checkpoint.gguf_parse``, which
+bounds every count by the bytes left in the file, and validated here against the file size
+before any tensor is read: bad magic, a truncated file, a tensor whose
 byte range overruns the file or overlaps the next tensor, a row length that is not a multiple
 of its type's block, and an unknown type id are all one-line ``CheckpointError``s naming the
 file and tensor. Tensors are then read through one memory map per file: F32/F16/BF16 (and the
@@ -12,18 +13,20 @@ tensor info, never from ``general.file_type``.
 
 from __future__ import annotations
 
+import math
+import mmap
+import os
 import re
-import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from imp_core.checkpoint.base import Checkpoint, MappedFiles, TensorInfo
+from imp_core.checkpoint.base import Checkpoint, MappedFiles, TensorInfo, dims_indexable
+from imp_core.checkpoint.gguf_parse import RawTensorInfo, parse_gguf
 from imp_core.errors import CheckpointError
 
-GGUF_MAGIC = b"GGUF"
 SPLIT_RE = re.compile(r"^(?P<prefix>.*)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf$", re.IGNORECASE)
 
 # GGUF types stored as plain arrays -> torch dtype
@@ -34,76 +37,67 @@ PLAIN_TYPES: dict[str, torch.dtype] = {
 FLOAT_TYPES = ("F32", "F16", "BF16", "F64")
 
 
-def _field_value(field: Any) -> Any:
-    value = field.contents()
-    if isinstance(value, np.generic):
-        value = value.item()
-    return value
-
-
-def _check_magic(path: Path) -> None:
+def _map_file(path: Path) -> mmap.mmap | bytes:
     try:
-        size = path.stat().st_size
         with path.open("rb") as f:
-            head = f.read(4)
-    except OSError as exc:
-        raise CheckpointError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    if len(head) < 4 or size < 24:
-        raise CheckpointError(f"{path}: truncated GGUF file ({size} bytes, no header)")
-    if head != GGUF_MAGIC:
-        raise CheckpointError(f"{path}: not a GGUF file (magic {head!r}, expected b'GGUF')")
+            size = os.fstat(f.fileno()).st_size
+            if size == 0:
+                return b""
+            return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: cannot read ({getattr(exc, 'strerror', None) or exc})") from None
+
+
+def _tensor_type(path: Path, raw: RawTensorInfo) -> tuple[str, int, int]:
+    """(type name, elements per block, bytes per block) of a tensor's GGML type id."""
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+    try:
+        qtype = GGMLQuantizationType(raw.type_id)
+        block, type_size = GGML_QUANT_SIZES[qtype]
+    except (ValueError, KeyError):
+        raise CheckpointError(f"{path}: tensor '{raw.name}' has an unknown GGUF type id {raw.type_id}") from None
+    return qtype.name, block, type_size
 
 
 def read_gguf_file(path: Path) -> tuple[dict[str, Any], dict[str, TensorInfo]]:
     """(metadata key -> value, stored name -> TensorInfo) of one GGUF file, validated."""
-    from gguf import GGML_QUANT_SIZES, GGUFReader
-
-    _check_magic(path)
-    size = path.stat().st_size
+    buf = _map_file(path)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            reader = GGUFReader(path, "r")
-    except ValueError as exc:
-        msg = " ".join(str(exc).split())
-        if "is not a valid GGMLQuantizationType" in msg:
-            raise CheckpointError(f"{path}: a tensor has an unknown GGUF type id ({msg})") from None
-        if "cannot reshape" in msg or "out of bounds" in msg or "mmap length" in msg:
-            raise CheckpointError(f"{path}: truncated or corrupt GGUF file ({msg})") from None
-        raise CheckpointError(f"{path}: corrupt GGUF file ({msg})") from None
-    except (IndexError, OverflowError, UnicodeDecodeError, KeyError) as exc:
-        raise CheckpointError(f"{path}: truncated or corrupt GGUF metadata ({type(exc).__name__}: {exc})") from None
-    metadata = {}
-    for name, field in reader.fields.items():
-        if name.startswith("GGUF."):
-            continue
-        try:
-            metadata[name] = _field_value(field)
-        except (UnicodeDecodeError, IndexError) as exc:
-            raise CheckpointError(f"{path}: metadata key '{name}' is corrupt ({exc})") from None
+        contents = parse_gguf(buf, path)
+    finally:
+        if isinstance(buf, mmap.mmap):
+            buf.close()
+    size = len(buf) if isinstance(buf, bytes) else path.stat().st_size
     tensors: dict[str, TensorInfo] = {}
     spans = []
-    for t in reader.tensors:
-        qtype = t.tensor_type.name
-        block, type_size = GGML_QUANT_SIZES[t.tensor_type]
-        ne = [int(d) for d in t.shape]
-        if ne and ne[0] % block:
-            raise CheckpointError(f"{path}: tensor '{t.name}' of type {qtype} has row length {ne[0]}, "
+    for raw in contents.tensors:
+        if raw.name in tensors:
+            raise CheckpointError(f"{path}: tensor '{raw.name}' appears twice")
+        qtype, block, type_size = _tensor_type(path, raw)
+        ne = list(raw.ne)
+        shape = list(reversed(ne))
+        row = ne[0] if ne else 1
+        if row % block:
+            raise CheckpointError(f"{path}: tensor '{raw.name}' of type {qtype} has row length {row}, "
                                   f"not a multiple of its block size {block}")
-        nbytes = int(np.prod(ne, dtype=np.int64)) // block * type_size
-        offset = int(t.data_offset)
+        if not dims_indexable(ne):
+            raise CheckpointError(f"{path}: tensor '{raw.name}' has shape {shape}, too large to index")
+        numel = math.prod(ne)
+        nbytes = numel // block * type_size
+        offset = contents.data_start + raw.offset
         if offset + nbytes > size:
-            raise CheckpointError(f"{path}: truncated GGUF file (tensor '{t.name}' ({qtype}, shape "
-                                  f"{list(reversed(ne))}) ends at byte {offset + nbytes}, file has {size})")
-        spans.append((offset, nbytes, t.name, qtype, ne))
-        tensors[t.name] = TensorInfo(t.name, qtype, tuple(reversed(ne)), path, offset, nbytes)
+            raise CheckpointError(f"{path}: truncated GGUF file (tensor '{raw.name}' ({qtype}, shape "
+                                  f"{shape}) ends at byte {offset + nbytes}, file has {size})")
+        spans.append((offset, nbytes, raw.name, qtype, shape))
+        tensors[raw.name] = TensorInfo(raw.name, qtype, tuple(shape), path, offset, nbytes)
     spans.sort()
-    for (off, n, name, qtype, ne), (next_off, _, next_name, _, _) in zip(spans, spans[1:]):
+    for (off, n, name, qtype, shape), (next_off, _, next_name, _, _) in zip(spans, spans[1:]):
         if off + n > next_off:
-            raise CheckpointError(f"{path}: tensor '{name}' ({qtype}, shape {list(reversed(ne))}, "
-                                  f"{n} bytes) overlaps '{next_name}' at byte {next_off}: its byte size "
-                                  f"does not match its type and shape")
-    return metadata, tensors
+            raise CheckpointError(f"{path}: tensor '{name}' ({qtype}, shape {shape}, {n} bytes) overlaps "
+                                  f"'{next_name}' at byte {next_off}: its byte size does not match its "
+                                  f"type and shape")
+    return contents.metadata, tensors
 
 
 class GGUFTensorReader(MappedFiles):
@@ -135,6 +129,16 @@ def split_files(path: Path) -> list[Path]:
     return files
 
 
+def _split_count(meta: dict[str, Any], key: str, file: Path) -> int | None:
+    """An integer split key (``split.no``, ``split.count``, ``split.tensors.count``), or None."""
+    value = meta.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise CheckpointError(f"{file}: GGUF metadata '{key}' is {value!r}, expected a non-negative integer")
+    return value
+
+
 def open_gguf(path: Path) -> Checkpoint:
     """Open a GGUF checkpoint (any part of a split set opens the whole set), metadata only."""
     files = split_files(Path(path))
@@ -142,24 +146,26 @@ def open_gguf(path: Path) -> Checkpoint:
     tensors: dict[str, TensorInfo] = {}
     for i, file in enumerate(files):
         meta, found = read_gguf_file(file)
+        no, count = _split_count(meta, "split.no", file), _split_count(meta, "split.count", file)
         if len(files) > 1:
-            no = meta.get("split.no")
-            if no is not None and int(no) != i:
+            if no is not None and no != i:
                 raise CheckpointError(f"{file}: split.no is {no}, expected {i} from its file name")
-            if meta.get("split.count") is not None and int(meta["split.count"]) != len(files):
-                raise CheckpointError(f"{file}: split.count is {meta['split.count']}, but the file "
-                                      f"names say {len(files)}")
+            if count is not None and count != len(files):
+                raise CheckpointError(f"{file}: split.count is {count}, but the file names say {len(files)}")
         if i == 0:
             metadata = meta
         for name, info in found.items():
             if name in tensors:
                 raise CheckpointError(f"{file}: tensor '{name}' also appears in {tensors[name].file.name}")
             tensors[name] = info
-    expected = metadata.get("split.tensors.count")
-    if expected is not None and int(expected) != len(tensors):
+    expected = _split_count(metadata, "split.tensors.count", files[0])
+    if expected is not None and expected != len(tensors):
         raise CheckpointError(f"{files[0]}: split.tensors.count is {expected}, but the parts hold "
                               f"{len(tensors)} tensors")
-    if "general.architecture" not in metadata:
+    arch = metadata.get("general.architecture")
+    if arch is None:
         raise CheckpointError(f"{files[0]}: GGUF metadata has no 'general.architecture'")
+    if not isinstance(arch, str):
+        raise CheckpointError(f"{files[0]}: GGUF metadata 'general.architecture' is {arch!r}, expected a string")
     return Checkpoint(path=files[0], format="gguf", config={}, tensors=tensors,
                       reader=GGUFTensorReader(), metadata=metadata)

@@ -7,14 +7,14 @@ map, one tensor at a time.
 
 from __future__ import annotations
 
-import json
 import struct
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from imp_core.checkpoint.base import Checkpoint, MappedFiles, TensorInfo
+from imp_core.checkpoint.base import Checkpoint, MappedFiles, TensorInfo, dims_indexable
+from imp_core.checkpoint.json_file import parse_json, read_json_object
 from imp_core.errors import CheckpointError
 
 INDEX_NAME = "model.safetensors.index.json"
@@ -44,40 +44,69 @@ def read_header(path: Path) -> tuple[dict[str, Any], int]:
             raw = f.read(n)
     except OSError as exc:
         raise CheckpointError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise CheckpointError(f"{path}: corrupt safetensors header (not JSON)") from None
+    header = parse_json(raw, str(path), "safetensors header (JSON)")
     if not isinstance(header, dict):
         raise CheckpointError(f"{path}: corrupt safetensors header (not a JSON object)")
     return header, 8 + n
 
 
+def _is_count(x: Any) -> bool:
+    return type(x) is int and x >= 0  # JSON true/false and floats are not counts
+
+
+def _metadata(path: Path, meta: Any) -> dict[str, str]:
+    if meta is None:
+        return {}
+    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+        raise CheckpointError(f"{path}: corrupt safetensors header: '__metadata__' must be an object of "
+                              f"strings")
+    return meta
+
+
+def _entry(path: Path, name: str, entry: Any, data_size: int, data_start: int) -> TensorInfo:
+    """One header entry, every field's type and range checked against the data section."""
+    bad = f"{path}: corrupt safetensors header: tensor '{name}'"
+    if not isinstance(entry, dict):
+        raise CheckpointError(f"{bad} is not an object with dtype, shape and data_offsets")
+    dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
+    if not isinstance(dtype, str):
+        raise CheckpointError(f"{bad} has dtype {dtype!r}, expected a string such as \"BF16\"")
+    if dtype not in DTYPES:
+        raise CheckpointError(f"{path}: tensor '{name}' has unsupported dtype {dtype[:40]}")
+    if not isinstance(shape, list) or not all(_is_count(d) for d in shape):
+        raise CheckpointError(f"{bad} has shape {str(shape)[:80]}, expected a list of non-negative integers")
+    if (not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_count(x) for x in offsets)
+            or offsets[0] > offsets[1]):
+        raise CheckpointError(f"{bad} has data_offsets {str(offsets)[:80]}, expected [begin, end] with "
+                              f"0 <= begin <= end")
+    if not dims_indexable(shape):
+        raise CheckpointError(f"{bad} has shape {str(shape)[:80]}, too large to index")
+    begin, end = offsets
+    if end > data_size:
+        raise CheckpointError(f"{path}: truncated safetensors file (tensor '{name}' ends at byte "
+                              f"{data_start + end}, file has {data_start + data_size})")
+    numel = 1
+    for d in shape:
+        numel *= d
+        if numel > data_size:  # also bounds the product of absurd dimensions
+            break
+    if end - begin != numel * DTYPES[dtype][1]:
+        raise CheckpointError(f"{path}: tensor '{name}' byte range [{begin}, {end}) does not match "
+                              f"{dtype}{shape if len(shape) <= 8 else '[...]'}")
+    return TensorInfo(name, dtype, tuple(shape), path, data_start + begin, end - begin)
+
+
 def scan_shard(path: Path) -> tuple[dict[str, TensorInfo], dict[str, Any]]:
-    """Every tensor of one shard, validated against the file's size."""
+    """Every tensor of one shard, validated against the file's size and each other."""
     header, data_start = read_header(path)
-    size = path.stat().st_size
-    meta = header.pop("__metadata__", None) or {}
-    out: dict[str, TensorInfo] = {}
-    for name, entry in header.items():
-        try:
-            dtype = entry["dtype"]
-            shape = tuple(int(d) for d in entry["shape"])
-            begin, end = (int(x) for x in entry["data_offsets"])
-        except (KeyError, TypeError, ValueError):
-            raise CheckpointError(f"{path}: corrupt safetensors header entry for '{name}'") from None
-        if dtype not in DTYPES:
-            raise CheckpointError(f"{path}: tensor '{name}' has unsupported dtype {dtype}")
-        numel = 1
-        for d in shape:
-            numel *= d
-        if end - begin != numel * DTYPES[dtype][1] or begin < 0:
-            raise CheckpointError(f"{path}: tensor '{name}' byte range does not match "
-                                  f"{dtype}{list(shape)}")
-        if data_start + end > size:
-            raise CheckpointError(f"{path}: truncated safetensors file (tensor '{name}' ends at byte "
-                                  f"{data_start + end}, file has {size})")
-        out[name] = TensorInfo(name, dtype, shape, path, data_start + begin, end - begin)
+    data_size = path.stat().st_size - data_start
+    meta = _metadata(path, header.pop("__metadata__", None))
+    out = {name: _entry(path, name, entry, data_size, data_start) for name, entry in header.items()}
+    spans = sorted((t.offset, t.offset + t.nbytes, t.name) for t in out.values() if t.nbytes)
+    for (_, end, name), (begin, _, other) in zip(spans, spans[1:]):
+        if begin < end:
+            raise CheckpointError(f"{path}: corrupt safetensors header: tensors '{name}' and '{other}' "
+                                  f"overlap (data_offsets share bytes)")
     return out, meta
 
 
@@ -98,12 +127,14 @@ class SafetensorsReader(MappedFiles):
 def _shard_files(directory: Path) -> list[Path]:
     index = directory / INDEX_NAME
     if index.is_file():
-        try:
-            data = json.loads(index.read_text(encoding="utf-8"))
-            weight_map = data["weight_map"]
-            files = sorted({str(v) for v in weight_map.values()})
-        except (OSError, json.JSONDecodeError, KeyError, TypeError, AttributeError):
-            raise CheckpointError(f"{index}: corrupt shard index (expected a 'weight_map' object)") from None
+        weight_map = read_json_object(index).get("weight_map")
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            raise CheckpointError(f"{index}: corrupt shard index (expected a 'weight_map' object of file names)")
+        files = sorted(set(weight_map.values()))
+        outside = [f for f in files if Path(f).name != f or not f.endswith(".safetensors")]
+        if outside:
+            raise CheckpointError(f"{index}: shard index names '{outside[0][:80]}', expected a .safetensors "
+                                  f"file name in the checkpoint directory")
         paths = [directory / f for f in files]
         missing = [p.name for p in paths if not p.is_file()]
         if missing:
@@ -120,12 +151,7 @@ def open_safetensors_dir(directory: Path) -> Checkpoint:
     config_path = directory / "config.json"
     if not config_path.is_file():
         raise CheckpointError(f"{directory}: not a checkpoint directory (no config.json)")
-    try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{config_path}: not valid JSON ({exc})") from None
-    if not isinstance(config, dict):
-        raise CheckpointError(f"{config_path}: expected a JSON object")
+    config = read_json_object(config_path)
     shards = _shard_files(directory)
     if not shards:
         raise CheckpointError(f"{directory}: no .safetensors weight files found")

@@ -9,6 +9,7 @@ from typing import Iterator, List, Optional
 
 import typer
 
+from imp_core.cli.pipes import quiet_broken_pipe
 from imp_core.errors import ImpError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -36,6 +37,8 @@ def user_errors() -> Iterator[None]:
     except KeyboardInterrupt:
         typer.echo("\ninterrupted", err=True)
         raise typer.Exit(130) from None
+    except BrokenPipeError:  # stdout's reader went away (`imp run ... | head -c 1`)
+        raise typer.Exit(quiet_broken_pipe()) from None
 
 
 def _settings(config: Optional[Path], set_items: Optional[List[str]], flags: dict, *,
@@ -55,7 +58,30 @@ def _plugins():
     return load_plugins()
 
 
-def _read_prompt(prompt: Optional[str]) -> str:
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            typer.echo(f"imp {version('imp-llm')}")
+        except PackageNotFoundError:
+            typer.echo("imp (not installed as a package)")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(_: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                 help="print imp's version and exit")) -> None:
+    """imp: run large language models from their published checkpoints."""
+
+
+def _read_prompt(prompt: Optional[str], prompt_file: Optional[Path] = None) -> str:
+    if prompt is not None and prompt_file is not None:
+        raise ImpError("--prompt and --prompt-file both given: pass one")
+    if prompt_file is not None:
+        from imp_core.cli.prompt_file import read_prompt_file
+
+        return read_prompt_file(prompt_file)
     if prompt is not None:
         return prompt
     if not sys.stdin.isatty():
@@ -69,6 +95,8 @@ def _read_prompt(prompt: Optional[str]) -> str:
 def run(
     model: Path = ModelOpt,
     prompt: Optional[str] = typer.Option(None, "--prompt", "-p", help="the prompt (default: read stdin)"),
+    prompt_file: Optional[Path] = typer.Option(None, "--prompt-file", help="read the prompt from this file (UTF-8)"),
+    system: Optional[str] = typer.Option(None, "--system", help="system message (through the chat template)"),
     max_tokens: Optional[int] = typer.Option(None, "--max-tokens", "-n", help="tokens to generate"),
     temperature: Optional[float] = typer.Option(None, "--temperature", help="0 = greedy"),
     top_k: Optional[int] = typer.Option(None, "--top-k"),
@@ -95,10 +123,10 @@ def run(
                  "runtime.chat": chat, "runtime.device": device, "runtime.dtype": dtype,
                  "runtime.context": context}
         resolved = _settings(config, set_items, flags, verbose=verbose, quiet=quiet, log_file=log_file)
-        text = _read_prompt(prompt)
+        text = _read_prompt(prompt, prompt_file)
         from imp_core.cli.run_command import run_prompt
 
-        stats = run_prompt(model, text, resolved, _plugins(), stop=stop or [], out=sys.stdout)
+        stats = run_prompt(model, text, resolved, _plugins(), stop=stop or [], out=sys.stdout, system=system)
         if not quiet:
             typer.echo(stats.line(), err=True)
 

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ValidationError
 from imp_core.checkpoint.base import Checkpoint
 from imp_core.errors import CheckpointError
 from imp_core.layers.attention import SDPA
+from imp_core.model.config_checks import size_problem
 from imp_core.plugin.attention_registry import AttentionBackend
 from imp_core.plugin.plan_types import ModelInfo
 from imp_core.model.weights import WeightStore
@@ -25,12 +26,18 @@ C = TypeVar("C", bound=BaseModel)
 
 def parse_config(model: type[C], data: dict[str, Any], source: str) -> C:
     """Validate a family config; the error names the file and the first bad key."""
+    problem = size_problem(data)
+    if problem is not None:
+        raise CheckpointError(f"{source}: config key '{problem[0]}' {problem[1]}")
     try:
         return model.model_validate(data)
     except ValidationError as exc:
         err = exc.errors()[0]
-        key = ".".join(str(p) for p in err.get("loc", ())) or "?"
-        raise CheckpointError(f"{source}: bad or missing config key '{key}': {err.get('msg')}") from None
+        key = ".".join(str(p) for p in err.get("loc", ()))
+        msg = str(err.get("msg", "")).removeprefix("Value error, ")
+        if not key:  # a check across keys (e.g. heads divisible by kv heads): the message names them
+            raise CheckpointError(f"{source}: {msg}") from None
+        raise CheckpointError(f"{source}: bad or missing config key '{key}': {msg}") from None
 
 
 class CausalLM(ABC):

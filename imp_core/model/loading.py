@@ -26,14 +26,31 @@ def checked(w: Any, name: str, shape: tuple[int, ...], *, keys: str = "", **kw: 
     The check is on the tensor as the model sees it (the logical shape of a packed weight, after
     any GGUF converter transform). ``keys`` names the config keys ``shape`` was derived from.
     """
-    src = f" (from {keys})" if keys else " from the config"
+    config = getattr(w, "config", None)
     if name not in w:
+        src = f" (from {keys})" if keys else _config_source(config, shape)
         raise CheckpointError(f"{source_of(w)}: missing tensor '{name}' (expected shape {list(shape)}{src})")
     t = w.get(name, **kw)
     if tuple(t.shape) != tuple(shape):
+        src = f" (from {keys})" if keys else _config_source(config, shape, tuple(t.shape))
         raise CheckpointError(f"{source_of(w)}: tensor '{name}' has shape {list(t.shape)}, expected "
                               f"{list(shape)}{src}")
     return t
+
+
+def _config_source(config: Any, shape: tuple[int, ...], got: tuple[int, ...] | None = None) -> str:
+    """" (from the config: dim 1 = 384: intermediate_size)": the config keys an expected dim that
+    the tensor does not have equals, for calls that do not name their keys."""
+    fields = getattr(config, "__dict__", {})
+    ints = {k: v for k, v in fields.items() if isinstance(v, int) and not isinstance(v, bool) and v > 1}
+    parts = []
+    for i, dim in enumerate(shape):
+        if got is not None and len(got) == len(shape) and got[i] == dim:
+            continue
+        names = [k for k, v in ints.items() if v == dim] or [f"2 x {k}" for k, v in ints.items() if 2 * v == dim]
+        if names:
+            parts.append(f"dim {i} = {dim}: {' or '.join(names[:2])}")
+    return f" (from the config: {'; '.join(parts)})" if parts else " from the config"
 
 
 def load_experts(w: Any, prefix: str, num_experts: int, hidden: int, inter: int,

@@ -2,7 +2,7 @@
 
 Nothing is read until a family asks for it, and every tensor goes straight from the memory
 map to its target device and dtype, so peak host memory stays near one tensor above the
-final weights. A progress bar counts the bytes read.
+final weights. A progress bar (or, off a terminal, a few log lines) counts the bytes read.
 """
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ from typing import Any, Callable
 
 import torch
 from loguru import logger
-from tqdm import tqdm
 
 from imp_core.checkpoint.base import Checkpoint
 from imp_core.checkpoint.names import normalize_name
 from imp_core.errors import CheckpointError
+from imp_core.model.load_progress import LoadProgress
 from imp_core.quant.plan import QuantPlan
 
 KEEP = "keep"  # dtype sentinel: keep the stored dtype
@@ -56,8 +56,7 @@ class WeightStore:
         self.quant_plan = plan.rekeyed(logical)  # keyed by the model's names
         self._used: set[str] = set()
         total = sum(checkpoint.tensors[s].nbytes for s in self._stored.values())
-        self._bar = tqdm(total=total, unit="B", unit_scale=True, desc="loading weights",
-                         disable=None if progress else True, leave=False, dynamic_ncols=True)
+        self._bar = LoadProgress(total, enabled=progress)
         if self.skipped:
             logger.info("skipping {} tensors that are not part of the text model (e.g. {})",
                         len(self.skipped), self.skipped[0])

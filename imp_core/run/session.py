@@ -15,6 +15,7 @@ import torch
 from loguru import logger
 
 from imp_core.plugin import policy
+from imp_core.run import preflight
 from imp_core.checkpoint.base import Checkpoint
 from imp_core.checkpoint.open import open_checkpoint
 from imp_core.errors import ConfigError, DeviceError, QuantError
@@ -85,6 +86,7 @@ class Inspection:
     load_report: list[tuple[str, str]] = field(default_factory=list)  # what Phase 0 did (after loading)
     #: the chosen backend object of every attention layer, by layer index (what the model runs)
     attention_backends: dict[int, AttentionBackend] = field(default_factory=dict)
+    memory: Any = None  # a preflight.MemoryPlan for a one-token prompt
 
 
 def _generation_defaults(checkpoint: Checkpoint, resolved: ResolvedSettings
@@ -187,8 +189,28 @@ def inspect_checkpoint(path: str | Path, resolved: ResolvedSettings, plugins: Pl
         ("decode fast path", "on" if not reasons else "off - " + "; ".join(reasons)),
     ]
     backends = {layer.index: plugins.attention[c.backend] for layer, c in zip(info.attention_layers, attention)}
-    return Inspection(checkpoint, spec, family, config, info, quant_plan, resolved, device, dtype,
+    insp = Inspection(checkpoint, spec, family, config, info, quant_plan, resolved, device, dtype,
                       context, phases, attention, reasons, plan, attention_backends=backends)
+    tensors = preflight.model_tensors(insp)
+    preflight.check_embedding(insp, tensors)
+    insp.memory = preflight.plan_memory(insp, tensors, prompt_tokens=1)
+    plan.append(("memory", insp.memory.describe()))
+    notice = demo_notice(checkpoint)
+    if notice:
+        plan.insert(0, ("note", notice))
+    return insp
+
+
+def demo_notice(checkpoint: Checkpoint) -> str | None:
+    """The demo checkpoint's reminder that its weights are random (see imp_mistral.demo)."""
+    note = checkpoint.config.get("imp_demo")
+    return f"demo checkpoint: {note}" if isinstance(note, str) else None
+
+
+def context_setting(insp: Inspection) -> str:
+    """How the context was chosen, for messages: "4096 (runtime.context)" or "4096 (auto)"."""
+    s = insp.settings
+    return f"{insp.context} ({'runtime.context' if s.settings.runtime.context else 'auto'})"
 
 
 @dataclass
@@ -209,21 +231,23 @@ class Session:
         return Generator(self.model, context or insp.context, cuda_graphs=graphs,
                          decoder=self.fast.decoder if self.fast is not None else None)
 
-    def sampler(self, params: SamplingParams, *, log_plan: bool = False) -> Sampler:
-        """The sampler for ``params``: the device kernel on the fast path where it reproduces
-        ``Sampler``, else ``Sampler`` itself (``log_plan``: add a plan line saying which)."""
-        vocab = self.inspection.info.vocab_size
-        if self.fast is None:
-            return Sampler(params, vocab_size=vocab, device=self.model.device)
-        from imp_core.fast.sampling import fast_sampler
-
-        sampler, how = fast_sampler(params, vocab, self.model.device)
-        if log_plan:
-            self.inspection.plan.append(("sampler", how))
-        return sampler
+    def sampler(self, params: SamplingParams) -> Sampler:
+        """The sampler for ``params`` (see ``sampler_for``)."""
+        return sampler_for(self.inspection, params)[0]
 
 
-def _renames(insp: Inspection) -> tuple[Any, Any]:
+def sampler_for(insp: Inspection, params: SamplingParams) -> tuple[Sampler, str]:
+    """(sampler, plan line): on the decode fast path the device sampling kernel where it
+    reproduces ``Sampler`` token for token, else ``Sampler``. Needs no weights."""
+    vocab = insp.info.vocab_size
+    if insp.fast_path_reasons:
+        return Sampler(params, vocab_size=vocab, device=insp.device), "torch ops (reference path)"
+    from imp_core.fast.sampling import fast_sampler
+
+    return fast_sampler(params, vocab, insp.device)
+
+
+def renames(insp: Inspection) -> tuple[Any, Any]:
     """(rename, transform) for the WeightStore: the family's own, behind the GGUF name table."""
     rename = insp.family.rename(insp.config, insp.checkpoint)
     if insp.checkpoint.format != "gguf":
@@ -239,12 +263,13 @@ def build_model(insp: Inspection, *, progress: bool = True) -> CausalLM:
     """Read the weights and build the model the inspection planned; log what Phase 0 did."""
     from imp_core.model.phases import PhasePipeline
 
-    rename, transform = _renames(insp)
+    rename, transform = renames(insp)
     pipeline = PhasePipeline(insp.phases, insp.quant_plan, dequant=insp.settings.settings.quant.dequant,
                              dtype=insp.dtype, device=insp.device, keep_packed=not insp.fast_path_reasons)
     weights = WeightStore(insp.checkpoint, device=insp.device, dtype=insp.dtype,
                           quant_plan=insp.quant_plan, extra_skip=insp.family.skip_prefixes,
                           rename=rename, progress=progress, transform=transform, phases=pipeline)
+    weights.config = insp.config  # names the config keys in shape errors (imp_core.model.loading)
     model = insp.family.build(insp.config, weights)
     weights.finish(strict=True)
     model.set_attention_backends(insp.attention_backends)
@@ -288,6 +313,7 @@ def load_session(path: str | Path, resolved: ResolvedSettings, plugins: PluginSe
     """Inspect (unless ``inspection`` is given), read the tokenizer and the weights, bind the
     fast path where eligible."""
     insp = inspection or inspect_checkpoint(path, resolved, plugins)
+    preflight.check_memory(insp.memory, context_setting(insp))
     if insp.settings.settings.runtime.threads:
         torch.set_num_threads(insp.settings.settings.runtime.threads)
     tokenizer = tokenizer or load_tokenizer(insp)

@@ -219,10 +219,15 @@ def load_settings(
 
     _apply(resolved, [(dotted, value, f"env {name}") for name, dotted, value in env_items(env)])
     _apply(resolved, [(*parse_set_item(item), "--set") for item in set_items])
-    flags = [
-        (check_key(*split_key(key), "flag"), value, "flag")
-        for key, value in (cli_flags or {}).items()
-        if value is not None
-    ]
-    _apply(resolved, flags)
+    for key, value in (cli_flags or {}).items():
+        if value is None:
+            continue
+        dotted = check_key(*split_key(key), "flag")
+        _assign(resolved.settings, dotted, value, flag_name(dotted))
+        resolved.sources[dotted] = "flag"
     return resolved
+
+
+def flag_name(dotted: str) -> str:
+    """The command-line flag of a setting: ``runtime.max_tokens`` -> ``--max-tokens``."""
+    return "--" + split_key(dotted)[1].replace("_", "-")

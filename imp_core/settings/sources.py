@@ -141,6 +141,10 @@ def read_toml(path: Path, where: str) -> list[tuple[str, Any]]:
             data = tomllib.load(handle)
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"cannot parse TOML file {path}: {err}") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"cannot parse TOML file {path}: not UTF-8 text (byte {err.start})") from None
+    except RecursionError:
+        raise ConfigError(f"cannot parse TOML file {path}: nested too deeply") from None
     except OSError as err:
         raise ConfigError(f"cannot read config file {path}: {err.strerror or err}") from None
     pairs: list[tuple[str, Any]] = []

@@ -106,8 +106,47 @@ def _token(tokens: list[str], meta: dict[str, Any], key: str) -> str | None:
     return tokens[i] if isinstance(i, int) and 0 <= i < len(tokens) else None
 
 
+# metadata key -> (the Python type each value or item must have, whether it is a list)
+EXPECTED_TYPES: dict[str, tuple[tuple[type, ...], bool]] = {
+    "tokenizer.ggml.tokens": ((str,), True), "tokenizer.ggml.merges": ((str,), True),
+    "tokenizer.ggml.token_type": ((int,), True), "tokenizer.ggml.scores": ((int, float), True),
+    "tokenizer.ggml.model": ((str,), False), "tokenizer.ggml.pre": ((str,), False),
+    "tokenizer.huggingface.json": ((str,), False), "tokenizer.chat_template": ((str,), False),
+    **{f"tokenizer.ggml.{k}_token_id": ((int,), False)
+       for k in ("bos", "eos", "eot", "eom", "unknown", "padding")},
+}
+
+
+def _check_types(meta: dict[str, Any], source: str) -> None:
+    for key, (types, is_list) in EXPECTED_TYPES.items():
+        value = meta.get(key)
+        if value is None:
+            continue
+        items = value if is_list and isinstance(value, list) else [value]
+        if (is_list and not isinstance(value, list)) or not all(
+                isinstance(v, types) and not isinstance(v, bool) for v in items):
+            want = " | ".join(t.__name__ for t in types)
+            raise CheckpointError(f"{source}: GGUF metadata '{key}' is not {'a list of ' if is_list else 'a '}{want}")
+    n = len(meta.get("tokenizer.ggml.tokens") or [])
+    for k in ("bos", "eos", "eot", "eom", "unknown", "padding"):
+        i = meta.get(f"tokenizer.ggml.{k}_token_id")
+        if i is not None and not 0 <= i < n:
+            raise CheckpointError(f"{source}: GGUF metadata 'tokenizer.ggml.{k}_token_id' is {i}, expected 0..{n - 1}")
+
+
 def tokenizer_from_gguf(meta: dict[str, Any], *, source: str = "gguf") -> Tokenizer:
     """The imp ``Tokenizer`` described by a GGUF file's ``tokenizer.*`` metadata."""
+    _check_types(meta, source)
+    try:
+        return _build(meta, source)
+    except CheckpointError:
+        raise
+    except Exception as exc:  # the tokenizers library raises plain Exceptions on bad vocabularies
+        detail = " ".join(str(exc).split())[:100]
+        raise CheckpointError(f"{source}: the GGUF tokenizer metadata cannot be built ({detail})") from None
+
+
+def _build(meta: dict[str, Any], source: str) -> Tokenizer:
     tokens = _tokens(meta, source)
     types = list(meta.get("tokenizer.ggml.token_type") or [1] * len(tokens))
     if len(types) != len(tokens):

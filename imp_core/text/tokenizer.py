@@ -32,13 +32,9 @@ def _read_json(file: Path) -> dict | None:
     """The JSON object in ``file``, or None when the file does not exist."""
     if not file.is_file():
         return None
-    try:
-        data = json.loads(file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise CheckpointError(f"{file}: not valid JSON ({err})") from None
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{file}: expected a JSON object at the top level, got {type(data).__name__}")
-    return data
+    from imp_core.checkpoint.json_file import read_json_object
+
+    return read_json_object(file)
 
 
 def _token_content(value: Any, where: str) -> str | None:

@@ -59,8 +59,8 @@ class Gemma4Router:
 
     def __init__(self, cfg: Gemma4Config, w: WeightStore, prefix: str) -> None:
         p = prefix + "router."
-        self.proj = checked(w, p + "proj.weight", (cfg.num_experts, cfg.hidden_size))
-        self.scale = checked(w, p + "scale", (cfg.hidden_size,))
+        self.proj = checked(w, p + "proj.weight", (cfg.num_experts, cfg.hidden_size), keys="num_experts, hidden_size")
+        self.scale = checked(w, p + "scale", (cfg.hidden_size,), keys="hidden_size")
         self.per_expert_scale = per_expert_scale(w, prefix, cfg.num_experts)
         self.root = cfg.hidden_size ** -0.5
         self.k, self.eps = cfg.top_k_experts, cfg.rms_norm_eps
@@ -81,17 +81,18 @@ class Gemma4DecoderLayer:
         hid, eps = cfg.hidden_size, cfg.rms_norm_eps
 
         def norm(name: str) -> RMSNorm:
-            return RMSNorm(checked(w, p + name + ".weight", (hid,)), eps)
+            return RMSNorm(checked(w, p + name + ".weight", (hid,), keys="hidden_size"), eps)
 
         self.input_norm = norm("input_layernorm")
         self.post_attention_norm = norm("post_attention_layernorm")
         self.pre_ff_norm = norm("pre_feedforward_layernorm")
         self.post_ff_norm = norm("post_feedforward_layernorm")
         self.attn = Gemma4Attention(cfg, layer, w, p)
-        inter = cfg.intermediate_size
-        self.mlp = GatedMLP(Linear(checked(w, p + "mlp.gate_proj.weight", (inter, hid))),
-                            Linear(checked(w, p + "mlp.up_proj.weight", (inter, hid))),
-                            Linear(checked(w, p + "mlp.down_proj.weight", (hid, inter))), cfg.hidden_activation)
+        inter, keys = cfg.intermediate_size, "hidden_size, intermediate_size"
+        self.mlp = GatedMLP(Linear(checked(w, p + "mlp.gate_proj.weight", (inter, hid), keys=keys)),
+                            Linear(checked(w, p + "mlp.up_proj.weight", (inter, hid), keys=keys)),
+                            Linear(checked(w, p + "mlp.down_proj.weight", (hid, inter), keys=keys)),
+                            cfg.hidden_activation)
         self.moe = cfg.enable_moe_block
         if self.moe:
             e, mi = cfg.num_experts, cfg.moe_intermediate_size
@@ -99,7 +100,8 @@ class Gemma4DecoderLayer:
             self.pre_ff_norm_2 = norm("pre_feedforward_layernorm_2")
             self.post_ff_norm_2 = norm("post_feedforward_layernorm_2")
             self.router = Gemma4Router(cfg, w, p)
-            self.experts = Experts(*load_experts(w, p, e, hid, mi), cfg.hidden_activation)
+            self.experts = Experts(*load_experts(w, p, e, hid, mi, keys="num_experts, hidden_size, moe_intermediate_size"),
+                                   cfg.hidden_activation)
         self.layer_scalar = checked(w, p + "layer_scalar", (1,))
 
     def feed_forward(self, r: torch.Tensor) -> torch.Tensor:

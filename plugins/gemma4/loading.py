@@ -20,7 +20,7 @@ def per_expert_scale(w: Any, prefix: str, num_experts: int) -> torch.Tensor:
     """The router's per-expert output scale [E], or ones where a GGUF NVFP4 file folded it."""
     name = prefix + "router.per_expert_scale"
     if name in w:
-        return checked(w, name, (num_experts,))
+        return checked(w, name, (num_experts,), keys="num_experts")
     plan = getattr(w, "quant_plan", None)
     down = plan.tensors.get(prefix + "experts.down_proj") if plan is not None else None
     if down is not None and down.format == "gguf:NVFP4" and "global" in down.scale_tensors:

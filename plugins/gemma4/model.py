@@ -40,13 +40,16 @@ class Gemma4Model(CausalLM):
         self.cfg, self.info = cfg, info
         self.device, self.dtype = w.device, w.dtype
         hid = cfg.hidden_size
-        self.embed = Embedding(checked(w, "model.embed_tokens.weight", (cfg.vocab_size, hid)), scale=hid ** 0.5)
+        self.embed = Embedding(checked(w, "model.embed_tokens.weight", (cfg.vocab_size, hid), keys="vocab_size, hidden_size"), scale=hid ** 0.5)
         self.layers = [Gemma4DecoderLayer(cfg, layer, w) for layer in cfg.layers]
-        self.norm = RMSNorm(checked(w, "model.norm.weight", (hid,)), cfg.rms_norm_eps)
-        head = self.embed.weight if cfg.tie_word_embeddings else checked(w, "lm_head.weight", (cfg.vocab_size, hid))
+        self.norm = RMSNorm(checked(w, "model.norm.weight", (hid,), keys="hidden_size"), cfg.rms_norm_eps)
+        head = self.embed.weight if cfg.tie_word_embeddings else checked(w, "lm_head.weight", (cfg.vocab_size, hid), keys="vocab_size, hidden_size")
         self.lm_head = LMHead(head, softcap=cfg.final_logit_softcapping)
         if ROPE_FREQS in w:  # GGUF: the converter's generated frequency factors, a check only
-            check_rope_freqs(w.get(ROPE_FREQS, dtype=torch.float32), cfg, str(w.checkpoint.path))
+            full = [layer.head_dim // 2 for layer in cfg.layers if layer.kind == "full"][:1]
+            freqs = checked(w, ROPE_FREQS, tuple(full) or tuple(w.shape(ROPE_FREQS)),
+                            keys="half the global head_dim", dtype=torch.float32)
+            check_rope_freqs(freqs, cfg, str(w.checkpoint.path))
         self.rotary = {t: Rotary(cfg.rope[t].inv_freq(cfg.first_layer(t).head_dim)).to(self.device)
                        for t in cfg.layer_types_present()}
 

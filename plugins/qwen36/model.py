@@ -31,8 +31,8 @@ class Qwen36Layer:
         p = f"model.layers.{i}."
         h = cfg.hidden_size
         self.full = cfg.layer_types[i] == FULL
-        self.input_norm = zero_centred_norm(checked(w, p + "input_layernorm.weight", (h,)), cfg.rms_norm_eps)
-        self.post_norm = zero_centred_norm(checked(w, p + "post_attention_layernorm.weight", (h,)),
+        self.input_norm = zero_centred_norm(checked(w, p + "input_layernorm.weight", (h,), keys="hidden_size"), cfg.rms_norm_eps)
+        self.post_norm = zero_centred_norm(checked(w, p + "post_attention_layernorm.weight", (h,), keys="hidden_size"),
                                            cfg.rms_norm_eps)
         self.mixer = GatedAttention(cfg, w, p) if self.full else GatedDeltaNet(cfg, w, p)
         self.mlp = build_mlp(cfg, w, p)
@@ -51,10 +51,10 @@ class Qwen36Model(CausalLM):
         self.cfg, self.info = cfg, info
         self.device, self.dtype = w.device, w.dtype
         v, h = cfg.vocab_size, cfg.hidden_size
-        self.embed = Embedding(checked(w, "model.embed_tokens.weight", (v, h)))
+        self.embed = Embedding(checked(w, "model.embed_tokens.weight", (v, h), keys="vocab_size, hidden_size"))
         self.layers = [Qwen36Layer(cfg, w, i) for i in range(cfg.num_hidden_layers)]
-        self.norm = zero_centred_norm(checked(w, "model.norm.weight", (h,)), cfg.rms_norm_eps)
-        head = checked(w, "lm_head.weight", (v, h)) if "lm_head.weight" in w else self.embed.weight
+        self.norm = zero_centred_norm(checked(w, "model.norm.weight", (h,), keys="hidden_size"), cfg.rms_norm_eps)
+        head = checked(w, "lm_head.weight", (v, h), keys="vocab_size, hidden_size") if "lm_head.weight" in w else self.embed.weight
         self.lm_head = LMHead(head)
         self.rotary = Rotary(default_inv_freq(cfg.rope_theta, cfg.rotary_dim)).to(self.device)
 

@@ -20,23 +20,25 @@ from imp_qwen36.config import Qwen36Config
 from imp_core.model.loading import checked, load_experts
 
 
-def _swiglu(cfg: Qwen36Config, w: Any, prefix: str, inter: int) -> GatedMLP:
-    h = cfg.hidden_size
-    return GatedMLP(Linear(checked(w, prefix + "gate_proj.weight", (inter, h))),
-                    Linear(checked(w, prefix + "up_proj.weight", (inter, h))),
-                    Linear(checked(w, prefix + "down_proj.weight", (h, inter))), cfg.hidden_act)
+def _swiglu(cfg: Qwen36Config, w: Any, prefix: str, inter: int, inter_key: str) -> GatedMLP:
+    h, keys = cfg.hidden_size, f"hidden_size, {inter_key}"
+    return GatedMLP(Linear(checked(w, prefix + "gate_proj.weight", (inter, h), keys=keys)),
+                    Linear(checked(w, prefix + "up_proj.weight", (inter, h), keys=keys)),
+                    Linear(checked(w, prefix + "down_proj.weight", (h, inter), keys=keys)), cfg.hidden_act)
 
 
 class SparseMoE:
     def __init__(self, cfg: Qwen36Config, w: Any, prefix: str) -> None:
         p = prefix + "mlp."
         h = cfg.hidden_size
-        self.router = Linear(checked(w, p + "gate.weight", (cfg.num_experts, h)))
-        gate_up, down = load_experts(w, p, cfg.num_experts, h, cfg.moe_intermediate_size)
+        self.router = Linear(checked(w, p + "gate.weight", (cfg.num_experts, h), keys="num_experts, hidden_size"))
+        gate_up, down = load_experts(w, p, cfg.num_experts, h, cfg.moe_intermediate_size,
+                                     keys="num_experts, hidden_size, moe_intermediate_size")
         self.experts = Experts(gate_up, down, cfg.hidden_act)
         self.top_k = cfg.num_experts_per_tok
-        self.shared = _swiglu(cfg, w, p + "shared_expert.", cfg.shared_expert_intermediate_size)
-        self.shared_gate = Linear(checked(w, p + "shared_expert_gate.weight", (1, h)))
+        self.shared = _swiglu(cfg, w, p + "shared_expert.", cfg.shared_expert_intermediate_size,
+                              "shared_expert_intermediate_size")
+        self.shared_gate = Linear(checked(w, p + "shared_expert_gate.weight", (1, h), keys="hidden_size"))
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
@@ -53,4 +55,4 @@ def build_mlp(cfg: Qwen36Config, w: Any, prefix: str):
     """The layer's feed-forward: SparseMoE (qwen3_5_moe) or a dense SwiGLU (qwen3_5)."""
     if cfg.moe:
         return SparseMoE(cfg, w, prefix)
-    return _swiglu(cfg, w, prefix + "mlp.", cfg.intermediate_size)
+    return _swiglu(cfg, w, prefix + "mlp.", cfg.intermediate_size, "intermediate_size")
