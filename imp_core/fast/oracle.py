@@ -61,8 +61,10 @@ class CheckReport:
     @property
     def routing_ok(self) -> bool:
         # the router rounds its logits to bf16 like the reference but sums in another order, so
-        # an exact near-tie may flip one expert now and then; a wrong router flips most of them
-        return self.routes_same >= MIN_ROUTE_AGREEMENT * self.routes_total
+        # an exact near-tie may flip one expert now and then (one flip is allowed however few the
+        # steps); a wrong router flips most of them
+        flips = self.routes_total - self.routes_same
+        return flips <= max(1.0, (1 - MIN_ROUTE_AGREEMENT) * self.routes_total)
 
     @property
     def ok(self) -> bool:
