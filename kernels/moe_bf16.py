@@ -30,12 +30,14 @@ from imp_kernels.errors import KernelError
 from imp_kernels.gguf_common import bf16_hi, bf16_lo, warp_sum
 from imp_kernels.launch import device_jit, jit, launch, require_aligned
 from imp_kernels.mma_frag import store_out
-from imp_kernels.moe_nvfp4 import GELU_TANH, SILU, _act, _act_ref, _expert
+from imp_kernels.moe_common import GELU_TANH, SILU, act as _act, check_h, check_out, check_residual
+from imp_kernels.moe_common import check_routing, check_shared_logit, expert_id as _expert, logit_args, moe_ref_combine
+from imp_kernels.moe_common import out_args, scratch_shape, warmup_moe
 
 __all__ = ["warmup", "moe_bf16", "moe_bf16_ref", "SILU", "GELU_TANH", "moe_bf16_scratch_shape"]
 
 ROWS = 8  # warps per block = rows per block
-MAX_M = 8
+moe_bf16_scratch_shape = scratch_shape  # (m, topk, inter, shared_inter=None)
 
 
 @device_jit(inline="always")
@@ -146,24 +148,9 @@ def _moe_bf16_dn_kernel(h32, h_stride, ids, wts, topk, e_count, dn32, inter, sh3
             store_out(out, out_f32, res, has_res, m, n_cols, n, acc)
 
 
-def moe_bf16_scratch_shape(m: int, topk: int, inter: int, shared_inter: int | None = None) -> tuple[int, int, int]:
-    """Shape of the fp32 scratch ``h`` (``shared_inter`` None: no shared expert)."""
-    if shared_inter is None:
-        return (m, topk, inter)
-    return (m, topk + 1, max(inter, shared_inter))
-
-
 def _check(x, ids, wts, gate_up, down, out, h, shared, shared_gate_logit, residual):
     name = "moe_bf16"
-    if x.dtype != torch.bfloat16 or x.dim() != 2 or not x.is_contiguous() or not 1 <= x.shape[0] <= MAX_M:
-        raise KernelError(f"{name}: x must be contiguous bf16 [M<={MAX_M}, H], got {x.dtype} {list(x.shape)}")
-    m, hdim = x.shape
-    if hdim % 8:
-        raise KernelError(f"{name}: H must be a multiple of 8, got {hdim}")
-    if ids.dim() != 2 or ids.shape[0] != m or ids.dtype not in (torch.int32, torch.int64) or not ids.is_contiguous():
-        raise KernelError(f"{name}: topk_ids must be contiguous int32/int64 [{m}, k], got {ids.dtype} {list(ids.shape)}")
-    if tuple(wts.shape) != tuple(ids.shape) or wts.dtype != torch.float32 or not wts.is_contiguous():
-        raise KernelError(f"{name}: topk_weights must be contiguous float32 {list(ids.shape)}, got {wts.dtype} {list(wts.shape)}")
+    m, hdim = check_routing(name, x, ids, wts, h_multiple=8)
     for what, t in (("gate_up", gate_up), ("down", down)):
         if not isinstance(t, torch.Tensor) or t.dtype != torch.bfloat16 or t.dim() != 3 or not t.is_contiguous():
             raise KernelError(f"{name}: {what} must be a contiguous bf16 [E, rows, cols] expert stack")
@@ -186,19 +173,11 @@ def _check(x, ids, wts, gate_up, down, out, h, shared, shared_gate_logit, residu
                 or sh_inter % 8:
             raise KernelError(f"{name}: shared must be gate_up [1, 2I_s, {hdim}], down [1, {hdim}, I_s] with "
                               f"I_s % 8 == 0, got {list(sgu.shape)}, {list(sdn.shape)}")
-    elif shared_gate_logit is not None:
-        raise KernelError(f"{name}: shared_gate_logit given without a shared expert")
-    if shared_gate_logit is not None and (shared_gate_logit.dtype != torch.float32 or shared_gate_logit.numel() != m
-                                          or not shared_gate_logit.is_contiguous()):
-        raise KernelError(f"{name}: shared_gate_logit must be contiguous float32 [{m}] (or [{m}, 1])")
-    want_h = moe_bf16_scratch_shape(m, topk, inter, sh_inter if shared is not None else None)
-    if tuple(h.shape) != want_h or h.dtype != torch.float32 or not h.is_contiguous():
-        raise KernelError(f"{name}: h scratch must be contiguous float32 {list(want_h)}, got {h.dtype} {list(h.shape)}")
-    if tuple(out.shape) != (m, hdim) or out.dtype not in (torch.bfloat16, torch.float32) or not out.is_contiguous():
-        raise KernelError(f"{name}: out must be contiguous bf16/fp32 [{m}, {hdim}], got {out.dtype} {list(out.shape)}")
-    if residual is not None and (residual.shape != out.shape or residual.dtype != torch.bfloat16
-                                 or not residual.is_contiguous()):
-        raise KernelError(f"{name}: residual must be contiguous bf16 {list(out.shape)}")
+    check_shared_logit(name, shared, shared_gate_logit, m, f" (or [{m}, 1])")
+    want_h = scratch_shape(m, topk, inter, sh_inter if shared is not None else None)
+    check_h(name, h, want_h)
+    check_out(name, out, m, hdim)
+    check_residual(name, residual, out)
     for t in (x, ids, wts, gate_up, down, out, h) + tuple(shared or ()):
         if t.device != x.device:
             raise KernelError(f"{name}: all tensors must be on {x.device}, got one on {t.device}")
@@ -220,43 +199,10 @@ def moe_bf16(x, topk_ids, topk_weights, gate_up, down, out, h, *, activation: in
            x.view(torch.int32).reshape(-1), hdim, topk_ids.reshape(-1), topk, e_count,
            gate_up.view(torch.int32).reshape(-1), inter, sgu.view(torch.int32).reshape(-1), sh_inter,
            n_slots, h_stride, int(activation), h.reshape(-1))
-    logit = shared_gate_logit if shared_gate_logit is not None else topk_weights
-    res = residual if residual is not None else out
     launch(_moe_bf16_dn_kernel, (-(-hdim // ROWS), m), 32 * ROWS,
            h.view(torch.int32).reshape(-1), h_stride, topk_ids.reshape(-1), topk_weights.reshape(-1), topk,
            e_count, down.view(torch.int32).reshape(-1), inter, sdn.view(torch.int32).reshape(-1), sh_inter,
-           logit.reshape(-1), int(shared_gate_logit is not None), n_slots, out.reshape(-1), hdim,
-           int(out.dtype == torch.float32),
-           res.reshape(-1).view(torch.int16) if res.dtype == torch.bfloat16 else res.reshape(-1),
-           int(residual is not None))
-
-
-def moe_ref_combine(x, topk_ids, topk_weights, experts, out, h, activation, shared_gate_logit, residual):
-    """Shared torch reference body: ``experts(j_or_None, e) -> (w_gate_up [2I, H], w_down [H, I])`` in
-    float32 (j None: the shared expert). Fills ``h`` (zeros past a slot's own I) and ``out``."""
-    m = x.shape[0]
-    topk = topk_ids.shape[1]
-    n_slots = h.shape[1]
-    y = torch.zeros(m, out.shape[1], dtype=torch.float32, device=x.device)
-    for mi in range(m):
-        xm = x[mi].float()
-        for j in range(n_slots):
-            if j < topk:
-                wgu, wdn = experts(j, int(topk_ids[mi, j]))
-                coef = topk_weights[mi, j].float()
-            else:
-                wgu, wdn = experts(None, 0)
-                coef = torch.sigmoid(shared_gate_logit.reshape(-1)[mi].float()) if shared_gate_logit is not None \
-                    else torch.ones((), device=x.device)
-            ni = wgu.shape[0] // 2
-            gu = wgu @ xm
-            hv = _act_ref(gu[:ni], activation) * gu[ni:]
-            h[mi, j].zero_()
-            h[mi, j, :ni] = hv
-            y[mi] += coef * (wdn[:, :ni] @ hv)
-    if residual is not None:
-        y = y + residual.float()
-    out.copy_(y.to(out.dtype))
+           *logit_args(shared_gate_logit, topk_weights), n_slots, *out_args(out, hdim, residual))
 
 
 def moe_bf16_ref(x, topk_ids, topk_weights, gate_up, down, out, h, *, activation: int = SILU, shared=None,
@@ -275,26 +221,7 @@ def moe_bf16_ref(x, topk_ids, topk_weights, gate_up, down, out, h, *, activation
 def warmup(device="cuda") -> None:
     """Compile and load both kernels for the specialisations real calls use (int32/int64 ids,
     bf16/fp32 out, +-residual, +-shared with and without its gate logit)."""
-    from imp_kernels.launch import warmup as _run
-
     e, inter, hdim = 2, 8, 64
     gu = torch.zeros(e, 2 * inter, hdim, dtype=torch.bfloat16, device=device)
     dn = torch.zeros(e, hdim, inter, dtype=torch.bfloat16, device=device)
-    shared = (gu[:1].clone(), dn[:1].clone())
-    x = torch.zeros(1, hdim, dtype=torch.bfloat16, device=device)
-    wts = torch.ones(1, 1, device=device)
-    logit = torch.zeros(1, device=device)
-    res = torch.zeros(1, hdim, dtype=torch.bfloat16, device=device)
-    calls = []
-    for ids_dt in (torch.int32, torch.int64):
-        ids = torch.zeros(1, 1, dtype=ids_dt, device=device)
-        for dt in (torch.bfloat16, torch.float32):
-            for r in (None, res):
-                out = torch.empty(1, hdim, dtype=dt, device=device)
-                calls.append((moe_bf16, (x, ids, wts, gu, dn, out,
-                                         torch.empty(moe_bf16_scratch_shape(1, 1, inter), device=device)),
-                              {"residual": r}))
-                calls.append((moe_bf16, (x, ids, wts, gu, dn, out,
-                                         torch.empty(moe_bf16_scratch_shape(1, 1, inter, inter), device=device)),
-                              {"residual": r, "shared": shared, "shared_gate_logit": logit}))
-    _run(*calls)
+    warmup_moe(moe_bf16, (gu, dn), hdim, inter, shared=(gu[:1].clone(), dn[:1].clone()), device=device)

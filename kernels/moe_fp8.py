@@ -37,16 +37,16 @@ from imp_kernels.errors import KernelError
 from imp_kernels.gemv_fp8 import fp8_dequant
 from imp_kernels.launch import device_jit, jit, launch, require_aligned
 from imp_kernels.mma_frag import store_out
-from imp_kernels.moe_bf16 import moe_bf16_scratch_shape, moe_ref_combine
-from imp_kernels.moe_nvfp4 import GELU_TANH, SILU, _act, _expert
+from imp_kernels.moe_common import GELU_TANH, SILU, act as _act, check_h, check_out, check_residual, check_routing
+from imp_kernels.moe_common import check_shared_logit, expert_id as _expert, launch_warps, logit_args, moe_ref_combine
+from imp_kernels.moe_common import out_args, scratch_shape, warmup_moe
 from imp_kernels.repack import fp8_tile, fp8_untile
 
 __all__ = ["warmup", "moe_fp8", "moe_fp8_ref", "fp8_experts_tile", "SILU", "GELU_TANH", "moe_fp8_scratch_shape"]
 
 MAX_WARPS = 16
-MAX_M = 8
 PER_TENSOR, PER_CHANNEL, BLOCK128 = 0, 1, 2
-moe_fp8_scratch_shape = moe_bf16_scratch_shape
+moe_fp8_scratch_shape = scratch_shape  # (m, topk, inter, shared_inter=None)
 
 
 def fp8_experts_tile(weights: torch.Tensor) -> torch.Tensor:
@@ -284,14 +284,6 @@ def _moe_fp8_dn_kernel(h32, h_stride, ids, wts, topk, e_count, codes, sc, mode, 
         store_out(out, out_f32, res, has_res, m, n_cols, row, a)
 
 
-def _warps(blocks: int, work: int) -> int:
-    want = max(1, -(-132 * 24 // max(1, blocks)))
-    w = 1
-    while w < want and w < MAX_WARPS:
-        w *= 2
-    return max(1, min(w, work, MAX_WARPS))
-
-
 def _scale_mode(scale, e, n, k, what, inter=None):
     """(mode, pair, rb_total, kb_total, up_sub, up_add) of one expert stack's scale tensor."""
     if not isinstance(scale, torch.Tensor) or scale.dtype != torch.float32 or not scale.is_contiguous():
@@ -324,15 +316,7 @@ def _check_codes(c, what, e=None):
 
 
 def _check(x, ids, wts, gate_up, down, out, h, shared, shared_gate_logit, residual):
-    if x.dtype != torch.bfloat16 or x.dim() != 2 or not x.is_contiguous() or not 1 <= x.shape[0] <= MAX_M:
-        raise KernelError(f"moe_fp8: x must be contiguous bf16 [M<={MAX_M}, H], got {x.dtype} {list(x.shape)}")
-    m, hdim = x.shape
-    if hdim % 8:
-        raise KernelError(f"moe_fp8: H must be a multiple of 8, got {hdim}")
-    if ids.dim() != 2 or ids.shape[0] != m or ids.dtype not in (torch.int32, torch.int64) or not ids.is_contiguous():
-        raise KernelError(f"moe_fp8: topk_ids must be contiguous int32/int64 [{m}, k], got {ids.dtype} {list(ids.shape)}")
-    if tuple(wts.shape) != tuple(ids.shape) or wts.dtype != torch.float32 or not wts.is_contiguous():
-        raise KernelError(f"moe_fp8: topk_weights must be contiguous float32 {list(ids.shape)}, got {wts.dtype} {list(wts.shape)}")
+    m, hdim = check_routing("moe_fp8", x, ids, wts, h_multiple=8)
     if not (isinstance(gate_up, (tuple, list)) and len(gate_up) == 2 and isinstance(down, (tuple, list))
             and len(down) == 2):
         raise KernelError("moe_fp8: gate_up and down must be (codes, scale) pairs")
@@ -363,19 +347,11 @@ def _check(x, ids, wts, gate_up, down, out, h, shared, shared_gate_logit, residu
                               f"down {list(sdc.shape)}); need I_s % 16 == 0")
         sh_gu_mode = _scale_mode(sgs, 1, 2 * sh_inter, hdim, "shared gate_up", sh_inter)
         sh_dn_mode = _scale_mode(sds, 1, hdim, sh_inter, "shared down")
-    elif shared_gate_logit is not None:
-        raise KernelError("moe_fp8: shared_gate_logit given without a shared expert")
-    if shared_gate_logit is not None and (shared_gate_logit.dtype != torch.float32 or shared_gate_logit.numel() != m
-                                          or not shared_gate_logit.is_contiguous()):
-        raise KernelError(f"moe_fp8: shared_gate_logit must be contiguous float32 [{m}]")
-    want_h = moe_bf16_scratch_shape(m, topk, inter, sh_inter if shared is not None else None)
-    if tuple(h.shape) != want_h or h.dtype != torch.float32 or not h.is_contiguous():
-        raise KernelError(f"moe_fp8: h scratch must be contiguous float32 {list(want_h)}, got {h.dtype} {list(h.shape)}")
-    if tuple(out.shape) != (m, hdim) or out.dtype not in (torch.bfloat16, torch.float32) or not out.is_contiguous():
-        raise KernelError(f"moe_fp8: out must be contiguous bf16/fp32 [{m}, {hdim}], got {out.dtype} {list(out.shape)}")
-    if residual is not None and (residual.shape != out.shape or residual.dtype != torch.bfloat16
-                                 or not residual.is_contiguous()):
-        raise KernelError(f"moe_fp8: residual must be contiguous bf16 {list(out.shape)}")
+    check_shared_logit("moe_fp8", shared, shared_gate_logit, m)
+    want_h = scratch_shape(m, topk, inter, sh_inter if shared is not None else None)
+    check_h("moe_fp8", h, want_h)
+    check_out("moe_fp8", out, m, hdim)
+    check_residual("moe_fp8", residual, out)
     return m, hdim, e, inter, sh_inter, topk, gu_mode, dn_mode, sh_gu_mode, sh_dn_mode, want_h
 
 
@@ -399,7 +375,7 @@ def moe_fp8(x, topk_ids, topk_weights, gate_up, down, out, h, *, activation: int
     require_aligned("moe_fp8", x, h, gu_c, dn_c, sgc, sdc)
     kc_g = gu_c.shape[2]
     grid_gu = (max(inter, sh_inter) // 16, m * n_slots)
-    wg = warps_gu or _warps(grid_gu[0] * grid_gu[1], kc_g)
+    wg = warps_gu or launch_warps(grid_gu[0] * grid_gu[1], kc_g, MAX_WARPS)
     gm, gp, grb, gkb, gus, gua = gu_mode
     sm_, sp, srb, _, sus, sua = sh_gu_mode
     launch(_moe_fp8_gu_kernel, grid_gu, 32 * wg,
@@ -412,17 +388,12 @@ def moe_fp8(x, topk_ids, topk_weights, gate_up, down, out, h, *, activation: int
     nt_d, kc_d = dn_c.shape[1], dn_c.shape[2]
     sh_kc = sdc.shape[2] if shared is not None else 0
     grid_dn = (-(-hdim // 16), m)
-    wd = warps_dn or _warps(grid_dn[0] * grid_dn[1], topk * kc_d + sh_kc)
-    logit = shared_gate_logit if shared_gate_logit is not None else topk_weights
-    res = residual if residual is not None else out
+    wd = warps_dn or launch_warps(grid_dn[0] * grid_dn[1], topk * kc_d + sh_kc, MAX_WARPS)
     launch(_moe_fp8_dn_kernel, grid_dn, 32 * wd,
            h.view(torch.int32).reshape(-1), h_stride, topk_ids.reshape(-1), topk_weights.reshape(-1), topk,
            e_count, dn_c.reshape(-1), dn_s.reshape(-1), dm, drb, dkb, kc_d, nt_d, inter,
            sdc.reshape(-1), sds.reshape(-1), sdm, sdkb, max(sh_kc, 1), sh_inter,
-           logit.reshape(-1), int(shared_gate_logit is not None), n_slots, out.reshape(-1), hdim,
-           int(out.dtype == torch.float32),
-           res.reshape(-1).view(torch.int16) if res.dtype == torch.bfloat16 else res.reshape(-1),
-           int(residual is not None))
+           *logit_args(shared_gate_logit, topk_weights), n_slots, *out_args(out, hdim, residual))
 
 
 def _dequant_expert(codes, scale, mode, e, n, k, inter=None):
@@ -458,28 +429,10 @@ def moe_fp8_ref(x, topk_ids, topk_weights, gate_up, down, out, h, *, activation:
 def warmup(device="cuda") -> None:
     """Compile and load both kernels for the specialisations real calls use (int32/int64 ids,
     bf16/fp32 out, +-residual, +-shared; the scale granularity is a runtime argument)."""
-    from imp_kernels.launch import warmup as _run
-
     e, inter, hdim = 2, 16, 64
     gu = fp8_experts_tile(torch.zeros(e, 2 * inter, hdim, dtype=torch.uint8, device=device))
     dn = fp8_experts_tile(torch.zeros(e, hdim, inter, dtype=torch.uint8, device=device))
     gate_up = (gu, torch.ones(e, device=device))
     down = (dn, torch.ones(e, device=device))
     shared = (gu[:1].clone(), torch.ones(1, device=device), dn[:1].clone(), torch.ones(1, device=device))
-    x = torch.zeros(1, hdim, dtype=torch.bfloat16, device=device)
-    wts = torch.ones(1, 1, device=device)
-    logit = torch.zeros(1, device=device)
-    res = torch.zeros(1, hdim, dtype=torch.bfloat16, device=device)
-    calls = []
-    for ids_dt in (torch.int32, torch.int64):
-        ids = torch.zeros(1, 1, dtype=ids_dt, device=device)
-        for dt in (torch.bfloat16, torch.float32):
-            for r in (None, res):
-                out = torch.empty(1, hdim, dtype=dt, device=device)
-                calls.append((moe_fp8, (x, ids, wts, gate_up, down, out,
-                                        torch.empty(moe_fp8_scratch_shape(1, 1, inter), device=device)),
-                              {"residual": r}))
-                calls.append((moe_fp8, (x, ids, wts, gate_up, down, out,
-                                        torch.empty(moe_fp8_scratch_shape(1, 1, inter, inter), device=device)),
-                              {"residual": r, "shared": shared, "shared_gate_logit": logit}))
-    _run(*calls)
+    warmup_moe(moe_fp8, (gate_up, down), hdim, inter, shared=shared, device=device)

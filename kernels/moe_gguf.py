@@ -38,16 +38,16 @@ from imp_kernels.gemv_gguf import (SUPPORTED, _i8, _k4_scale_min, _q4_k_lane, _q
 from imp_kernels.gguf_common import span_load, span_store, warp_sum, word_at
 from imp_kernels.launch import device_jit, jit, launch, require_aligned
 from imp_kernels.mma_frag import store_out
-from imp_kernels.moe_bf16 import moe_bf16_scratch_shape, moe_ref_combine
-from imp_kernels.moe_nvfp4 import GELU_TANH, SILU, _act, _expert
+from imp_kernels.moe_common import GELU_TANH, SILU, act as _act, check_out, check_residual, check_routing
+from imp_kernels.moe_common import check_shared_logit, expert_id as _expert, logit_args, moe_ref_combine, out_args
+from imp_kernels.moe_common import scratch_shape, warmup_moe
 from imp_kernels.repack import GGUF_BLOCKS
 
 __all__ = ["warmup", "moe_gguf", "moe_gguf_ref", "SILU", "GELU_TANH", "moe_gguf_scratch_shape", "SUPPORTED"]
 
 ROWS = 8  # warps (= weight rows) per block
-MAX_M = 8
 _QT = {q: i for i, q in enumerate(SUPPORTED)}  # Q8_0 -> 0, Q4_K -> 1, Q6_K -> 2
-moe_gguf_scratch_shape = moe_bf16_scratch_shape
+moe_gguf_scratch_shape = scratch_shape  # (m, topk, inter, shared_inter=None)
 
 
 # ------------------------------------------------------------ fp32-activation lane decoders
@@ -314,13 +314,7 @@ def _need(raw, e, rows, rb, what):
 
 def _check(x, ids, wts, gate, up, down, out, h, shared, shared_gate_logit, residual, n_experts, inter,
            shared_inter):
-    if x.dtype != torch.bfloat16 or x.dim() != 2 or not x.is_contiguous() or not 1 <= x.shape[0] <= MAX_M:
-        raise KernelError(f"moe_gguf: x must be contiguous bf16 [M<={MAX_M}, H], got {x.dtype} {list(x.shape)}")
-    m, hdim = x.shape
-    if ids.dim() != 2 or ids.shape[0] != m or ids.dtype not in (torch.int32, torch.int64) or not ids.is_contiguous():
-        raise KernelError(f"moe_gguf: topk_ids must be contiguous int32/int64 [{m}, k], got {ids.dtype} {list(ids.shape)}")
-    if tuple(wts.shape) != tuple(ids.shape) or wts.dtype != torch.float32 or not wts.is_contiguous():
-        raise KernelError(f"moe_gguf: topk_weights must be contiguous float32 {list(ids.shape)}, got {wts.dtype} {list(wts.shape)}")
+    m, hdim = check_routing("moe_gguf", x, ids, wts)
     if h.dim() != 3 or h.dtype != torch.float32 or not h.is_contiguous():
         raise KernelError(f"moe_gguf: h scratch must be contiguous float32 [M, S, I], got {h.dtype} {list(h.shape)}")
     topk = ids.shape[1]
@@ -353,20 +347,13 @@ def _check(x, ids, wts, gate, up, down, out, h, shared, shared_gate_logit, resid
         _need(su[0], 1, sh_inter, surb, "shared up")
         _need(sd[0], 1, hdim, sdrb, "shared down")
         sh = (sg, su, sd, sgrb, surb, sdrb)
-    elif shared_gate_logit is not None:
-        raise KernelError("moe_gguf: shared_gate_logit given without a shared expert")
-    if shared_gate_logit is not None and (shared_gate_logit.dtype != torch.float32 or shared_gate_logit.numel() != m
-                                          or not shared_gate_logit.is_contiguous()):
-        raise KernelError(f"moe_gguf: shared_gate_logit must be contiguous float32 [{m}]")
-    want_h = moe_bf16_scratch_shape(m, topk, inter, sh_inter if shared is not None else None)
+    check_shared_logit("moe_gguf", shared, shared_gate_logit, m)
+    want_h = scratch_shape(m, topk, inter, sh_inter if shared is not None else None)
     if tuple(h.shape) != want_h:
         raise KernelError(f"moe_gguf: h scratch must be float32 {list(want_h)} (I={inter}"
                           f"{f', I_s={sh_inter}' if shared is not None else ''}), got {list(h.shape)}")
-    if tuple(out.shape) != (m, hdim) or out.dtype not in (torch.bfloat16, torch.float32) or not out.is_contiguous():
-        raise KernelError(f"moe_gguf: out must be contiguous bf16/fp32 [{m}, {hdim}], got {out.dtype} {list(out.shape)}")
-    if residual is not None and (residual.shape != out.shape or residual.dtype != torch.bfloat16
-                                 or not residual.is_contiguous()):
-        raise KernelError(f"moe_gguf: residual must be contiguous bf16 {list(out.shape)}")
+    check_out("moe_gguf", out, m, hdim)
+    check_residual("moe_gguf", residual, out)
     return m, hdim, e, inter, sh_inter, topk, (g_raw, g_qt, grb), (u_raw, u_qt, urb), (d_raw, d_qt, drb), sh, want_h
 
 
@@ -392,15 +379,10 @@ def moe_gguf(x, topk_ids, topk_weights, gate, up, down, out, h, *, activation: i
            g_raw, _QT[g_qt], grb, u_raw, _QT[u_qt], urb, inter,
            sg_raw, _QT[sg_qt], sgrb, su_raw, _QT[su_qt], surb, sh_inter, n_slots, h_stride, int(activation),
            h.reshape(-1))
-    logit = shared_gate_logit if shared_gate_logit is not None else topk_weights
-    res = residual if residual is not None else out
     launch(_moe_gguf_dn_kernel, (-(-hdim // ROWS), m), 32 * ROWS,
            h.view(torch.int32).reshape(-1), h_stride, topk_ids.reshape(-1), topk_weights.reshape(-1), topk,
            e_count, d_raw, _QT[d_qt], drb, inter, sd_raw, _QT[sd_qt], sdrb, sh_inter,
-           logit.reshape(-1), int(shared_gate_logit is not None), n_slots, out.reshape(-1), hdim,
-           int(out.dtype == torch.float32),
-           res.reshape(-1).view(torch.int16) if res.dtype == torch.bfloat16 else res.reshape(-1),
-           int(residual is not None))
+           *logit_args(shared_gate_logit, topk_weights), n_slots, *out_args(out, hdim, residual))
 
 
 def moe_gguf_ref(x, topk_ids, topk_weights, gate, up, down, out, h, *, activation: int = SILU, shared=None,
@@ -429,27 +411,9 @@ def warmup(device="cuda") -> None:
     """Compile and load both kernels for the specialisations real calls use (int32/int64 ids,
     bf16/fp32 out, +-residual, +-shared; the GGUF types are runtime arguments)."""
     from imp_kernels.gguf_common import gguf_device_buffer
-    from imp_kernels.launch import warmup as _run
 
     e, inter, hdim = 2, 32, 32
     _, nb = GGUF_BLOCKS["Q8_0"]
     gu = (gguf_device_buffer(torch.zeros(e * inter * nb, dtype=torch.uint8, device=device)), "Q8_0")
     dn = (gguf_device_buffer(torch.zeros(e * hdim * nb, dtype=torch.uint8, device=device)), "Q8_0")
-    shared = (gu, gu, dn)
-    x = torch.zeros(1, hdim, dtype=torch.bfloat16, device=device)
-    wts = torch.ones(1, 1, device=device)
-    logit = torch.zeros(1, device=device)
-    res = torch.zeros(1, hdim, dtype=torch.bfloat16, device=device)
-    calls = []
-    for ids_dt in (torch.int32, torch.int64):
-        ids = torch.zeros(1, 1, dtype=ids_dt, device=device)
-        for dt in (torch.bfloat16, torch.float32):
-            for r in (None, res):
-                out = torch.empty(1, hdim, dtype=dt, device=device)
-                calls.append((moe_gguf, (x, ids, wts, gu, gu, dn, out,
-                                         torch.empty(moe_gguf_scratch_shape(1, 1, inter), device=device)),
-                              {"residual": r, "n_experts": e}))
-                calls.append((moe_gguf, (x, ids, wts, gu, gu, dn, out,
-                                         torch.empty(moe_gguf_scratch_shape(1, 1, inter, inter), device=device)),
-                              {"residual": r, "n_experts": e, "shared": shared, "shared_gate_logit": logit}))
-    _run(*calls)
+    warmup_moe(moe_gguf, (gu, gu, dn), hdim, inter, shared=(gu, gu, dn), device=device, n_experts=e)

@@ -31,33 +31,14 @@ from imp_kernels.errors import KernelError
 from imp_kernels.gemv_nvfp4 import nvfp4_dequant
 from imp_kernels.launch import device_jit, jit, launch, require_aligned
 from imp_kernels.mma_frag import load_x16_raw, nvfp4_frags, store_out, x16_to_f16
+from imp_kernels.moe_common import GELU_TANH, MAX_M, SILU, act as _act, act_ref, check_residual, check_routing
+from imp_kernels.moe_common import expert_id as _expert, launch_warps, logit_args, out_args, scratch_shape, warmup_moe
 from imp_kernels.repack import nvfp4_untile
 
 __all__ = ["warmup", "moe_nvfp4", "moe_nvfp4_ref", "SILU", "GELU_TANH", "moe_scratch_shape"]
 
-SILU, GELU_TANH = 0, 1
 MAX_WARPS = 32  # shared-memory sizing; launches use at most LAUNCH_WARPS (80 regs x 1024 threads would not fit)
 LAUNCH_WARPS = 16
-MAX_M = 8
-
-
-@device_jit(inline="always")
-def _act(v, kind):
-    if kind == 0:
-        return v / (np.float32(1.0) + math.exp(-v))
-    inner = np.float32(0.7978845608028654) * (v + np.float32(0.044715) * v * v * v)
-    return np.float32(0.5) * v * (np.float32(1.0) + math.tanh(inner))
-
-
-@device_jit(inline="always")
-def _expert(ids, m, j, topk, e_count):
-    """Expert id of slot j (the shared expert is slot topk and lives in its own buffer: 0)."""
-    if j < topk:
-        e = int(ids[m * topk + j])
-        if e < 0 or e >= e_count:  # a bad id must not read out of bounds
-            e = 0
-        return e
-    return 0
 
 
 @device_jit(inline="always")
@@ -260,25 +241,12 @@ def _moe_down_kernel(h32, inter, ids, weights, topk, e_count, codes, scales, gs,
 
 def moe_scratch_shape(m: int, topk: int, inter: int, shared: bool) -> tuple[int, int, int]:
     """Shape of the fp32 scratch ``h`` that ``moe_nvfp4`` needs."""
-    return (m, topk + int(shared), inter)
-
-
-def _warps(blocks: int, work: int) -> int:
-    want = max(1, -(-132 * 24 // max(1, blocks)))
-    w = 1
-    while w < want and w < LAUNCH_WARPS:
-        w *= 2
-    return max(1, min(w, work, LAUNCH_WARPS))
+    return scratch_shape(m, topk, inter, inter if shared else None)
 
 
 def _check(x, ids, wts, gate_up, down, out, h, shared, residual):
-    if x.dtype != torch.bfloat16 or x.dim() != 2 or not x.is_contiguous() or not 1 <= x.shape[0] <= MAX_M:
-        raise KernelError(f"moe_nvfp4: x must be contiguous bf16 [M<= {MAX_M}, H], got {x.dtype} {list(x.shape)}")
-    m, hdim = x.shape
-    if ids.dim() != 2 or ids.shape[0] != m or ids.dtype not in (torch.int32, torch.int64) or not ids.is_contiguous():
-        raise KernelError(f"moe_nvfp4: topk_ids must be contiguous int32 [M, k], got {ids.dtype} {list(ids.shape)}")
-    if tuple(wts.shape) != tuple(ids.shape) or wts.dtype != torch.float32 or not wts.is_contiguous():
-        raise KernelError(f"moe_nvfp4: topk_weights must be float32 {list(ids.shape)}, got {wts.dtype} {list(wts.shape)}")
+    m, hdim = check_routing("moe_nvfp4", x, ids, wts, x_shape=f"[M<= {MAX_M}, H]", ids_form="int32 [M, k]",
+                            wts_form="float32")
     gu_c, gu_s, gu_g = gate_up
     dn_c, dn_s, dn_g = down
     e = gu_c.shape[0]
@@ -308,9 +276,7 @@ def _check(x, ids, wts, gate_up, down, out, h, shared, residual):
                 or sdc.shape[0] != 1:
             raise KernelError("moe_nvfp4: the fused shared expert must be a 1-expert stack with the routed "
                              "experts' shapes; run it as separate gemv_nvfp4 launches otherwise")
-    if residual is not None and (residual.shape != out.shape or residual.dtype != torch.bfloat16
-                                 or not residual.is_contiguous()):
-        raise KernelError(f"moe_nvfp4: residual must be contiguous bf16 {list(out.shape)}")
+    check_residual("moe_nvfp4", residual, out)
     return m, hdim, inter, n_slots
 
 
@@ -331,11 +297,10 @@ def moe_nvfp4(x, topk_ids, topk_weights, gate_up, down, out, h, *, activation: i
         sgc, sgs, sgg, sdc, sds, sdg = shared[:6]
     else:  # dummies: never read (slot index never reaches topk)
         sgc, sgs, sgg, sdc, sds, sdg = gu_c[:1], gu_s[:1], gu_g[:1], dn_c[:1], dn_s[:1], dn_g[:1]
-    logit = shared_gate_logit if shared_gate_logit is not None else topk_weights
     kc_g, nt_g = gu_c.shape[2], gu_c.shape[1]
     kc_d, nt_d = dn_c.shape[2], dn_c.shape[1]
     grid_gu = (inter // 16, m * n_slots)
-    wg = warps_gu or _warps(grid_gu[0] * grid_gu[1], kc_g)
+    wg = warps_gu or launch_warps(grid_gu[0] * grid_gu[1], kc_g, LAUNCH_WARPS)
     launch(_moe_gate_up_kernel, grid_gu, 32 * wg,
            x.view(torch.int32).reshape(-1), hdim, topk_ids.reshape(-1), topk, e_count,
            gu_c.reshape(-1), gu_s.reshape(-1), gu_g.reshape(-1), 2 if gu_g.numel() == 2 * e_count else 1,
@@ -343,22 +308,12 @@ def moe_nvfp4(x, topk_ids, topk_weights, gate_up, down, out, h, *, activation: i
            n_slots, inter, int(activation), h.reshape(-1))
     n_out = out.shape[1]
     grid_dn = (-(-n_out // 16), m)
-    wd = warps_dn or _warps(grid_dn[0] * grid_dn[1], n_slots * kc_d)
-    res = residual if residual is not None else out
+    wd = warps_dn or launch_warps(grid_dn[0] * grid_dn[1], n_slots * kc_d, LAUNCH_WARPS)
     launch(_moe_down_kernel, grid_dn, 32 * wd,
            h.view(torch.int32).reshape(-1), inter, topk_ids.reshape(-1), topk_weights.reshape(-1), topk,
            e_count, dn_c.reshape(-1), dn_s.reshape(-1), dn_g.reshape(-1), kc_d, nt_d,
-           sdc.reshape(-1), sds.reshape(-1), sdg.reshape(-1), logit.reshape(-1),
-           int(shared_gate_logit is not None), n_slots, out.reshape(-1), n_out,
-           int(out.dtype == torch.float32),
-           res.reshape(-1).view(torch.int16) if res.dtype == torch.bfloat16 else res.reshape(-1),
-           int(residual is not None))
-
-
-def _act_ref(v: torch.Tensor, activation: int) -> torch.Tensor:
-    if activation == SILU:
-        return torch.nn.functional.silu(v)
-    return torch.nn.functional.gelu(v, approximate="tanh")
+           sdc.reshape(-1), sds.reshape(-1), sdg.reshape(-1), *logit_args(shared_gate_logit, topk_weights),
+           n_slots, *out_args(out, n_out, residual))
 
 
 def moe_nvfp4_ref(x, topk_ids, topk_weights, gate_up, down, out, h, *, activation: int = SILU,
@@ -386,7 +341,7 @@ def moe_nvfp4_ref(x, topk_ids, topk_weights, gate_up, down, out, h, *, activatio
             wgu = nvfp4_dequant(*nvfp4_untile(cg[e], sg[e], 2 * inter, hdim), 1.0)
             gate = (wgu[:inter] @ xm) * gg[0]
             up = (wgu[inter:] @ xm) * gg[-1]
-            hv = _act_ref(gate, activation) * up
+            hv = act_ref(gate, activation) * up
             h[mi, j] = hv
             wd = nvfp4_dequant(*nvfp4_untile(cd[e], sd[e], out.shape[1], inter), 1.0)
             y[mi] += coef * gd * (wd @ hv)
@@ -397,7 +352,6 @@ def moe_nvfp4_ref(x, topk_ids, topk_weights, gate_up, down, out, h, *, activatio
 
 def warmup(device="cuda") -> None:
     """Compile and load both MoE kernels (bf16/fp32 out, +-residual, int32/int64 ids)."""
-    from imp_kernels.launch import warmup as _run
     from imp_kernels.repack import nvfp4_experts_tile
 
     e, inter, hdim = 2, 16, 64
@@ -407,15 +361,4 @@ def warmup(device="cuda") -> None:
                             torch.zeros(e, hdim, inter // 16, dtype=torch.uint8, device=device))
     gate_up = (*gu, torch.ones(e, 2, device=device))
     down = (*dn, torch.ones(e, device=device))
-    x = torch.zeros(1, hdim, dtype=torch.bfloat16, device=device)
-    wts = torch.ones(1, 1, device=device)
-    h = torch.empty(moe_scratch_shape(1, 1, inter, False), device=device)
-    res = torch.zeros(1, hdim, dtype=torch.bfloat16, device=device)
-    calls = []
-    for ids_dt in (torch.int32, torch.int64):
-        ids = torch.zeros(1, 1, dtype=ids_dt, device=device)
-        for dt in (torch.bfloat16, torch.float32):
-            for r in (None, res):
-                calls.append((moe_nvfp4, (x, ids, wts, gate_up, down, torch.empty(1, hdim, dtype=dt, device=device), h),
-                              {"residual": r}))
-    _run(*calls)
+    warmup_moe(moe_nvfp4, (gate_up, down), hdim, inter, device=device)
