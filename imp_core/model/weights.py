@@ -24,6 +24,8 @@ KEEP = "keep"  # dtype sentinel: keep the stored dtype
 class WeightStore:
     """Normalised tensor names of a checkpoint, loaded on demand onto ``device`` as ``dtype``."""
 
+    config: Any = None  # the family config, set by the loader so shape errors can name its keys
+
     def __init__(self, checkpoint: Checkpoint, *, device: torch.device, dtype: torch.dtype,
                  quant_plan: QuantPlan | None = None, extra_skip: tuple[str, ...] = (),
                  rename: Callable[[str], str | None] | None = None, progress: bool = True,
