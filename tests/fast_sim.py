@@ -24,7 +24,8 @@ REL_TOL = 16 * 2.0 ** -8
 
 
 def sim_session(path: Path, **flags):
-    resolved = load_settings(cli_flags={"runtime.device": "cpu", "runtime.dtype": "bfloat16", **flags},
+    resolved = load_settings(cli_flags={"runtime.device": "cpu", "runtime.dtype": "bfloat16",
+                                        "runtime.fast_path": "on", **flags},
                              env={}, user_config=path / "no-user-config.toml")
     return load_session(path, resolved, load_plugins(env={}), progress=False)
 

@@ -128,7 +128,10 @@ def test_fast_path_is_one_predicate_with_every_reason(plain_plugins):
     assert reasons[0] == "device is cpu, not cuda"
     assert policy.fast_path_reasons(plain_plugins.hook, info, _settings().settings, "cuda",
                                     dtype=torch.bfloat16) == []
-    assert policy.fast_path_reasons(plain_plugins.hook, info, _settings().settings, "cpu", simulator=True) == []
+    on = _settings(**{"runtime.fast_path": "on"}).settings
+    assert policy.fast_path_reasons(plain_plugins.hook, info, on, "cpu", simulator=True) == []
+    assert "device is cpu, not cuda" in policy.fast_path_reasons(plain_plugins.hook, info, _settings().settings, "cpu",
+                                                                  simulator=True)
     dtype_off = policy.fast_path_reasons(plain_plugins.hook, info, _settings().settings, "cuda", dtype=torch.float32)
     assert dtype_off == ["the kernels compute in bfloat16, the run's dtype is float32 (--dtype bfloat16)"]
     no_family = policy.fast_path_reasons(plain_plugins.hook, info, _settings().settings, "cuda",

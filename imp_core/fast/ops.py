@@ -89,8 +89,8 @@ def _decode_attention(q, k, v, q_pos, key_pos, *, scale, window=None):
 
 
 NUMBA_DECODE = AttentionBackend(
-    "numba-decode", _decode_attention, frozenset({"cuda"}), max_head_dim=512, dtypes=frozenset({torch.bfloat16}),
-    fast_path_only=True,
+    "numba-decode", _decode_attention, frozenset({"cuda"}), max_head_dim=512, head_dim_multiple=64,
+    dtypes=frozenset({torch.bfloat16}), fast_path_only=True,
     description="split-K tensor-core decode attention (imp_kernels.attn_decode); prefill through torch SDPA")
 
 

@@ -34,6 +34,7 @@ class AttentionBackend:
     run: AttentionFn
     devices: frozenset[str]  # torch device types it runs on
     max_head_dim: int | None = None  # None: any
+    head_dim_multiple: int = 1  # head dims it takes are multiples of this
     sliding_window: bool = True
     output_gate: bool = True  # the gate is applied by the family around the backend
     dtypes: frozenset[torch.dtype] | None = None  # None: any compute dtype
@@ -52,6 +53,8 @@ class AttentionBackend:
             return f"{self.name} does not run in {str(dtype).replace('torch.', '')}"
         if self.max_head_dim is not None and max(layer.head_dim, layer.v_head_dim or 0) > self.max_head_dim:
             return f"{self.name} supports head_dim <= {self.max_head_dim}, layer has {layer.head_dim}"
+        if max(layer.head_dim, layer.v_head_dim or layer.head_dim) % self.head_dim_multiple:
+            return f"{self.name} takes head dims that are multiples of {self.head_dim_multiple}, layer has {layer.head_dim}"
         if layer.sliding_window and not self.sliding_window:
             return f"{self.name} has no sliding-window support"
         if layer.output_gate and not self.output_gate:

@@ -22,6 +22,15 @@ def imp_register_architectures(register):
 
 
 @hookimpl
+def imp_decode_fast_path(model):
+    if model.family != "qwen36":
+        return None
+    from imp_qwen36.decode import fast_path_reasons
+
+    return fast_path_reasons(model)
+
+
+@hookimpl
 def imp_output_parser(family, prompt, tools):
     if family != "qwen36":
         return None

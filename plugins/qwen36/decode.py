@@ -22,6 +22,19 @@ from imp_core.layers.linear import Linear, dense_weight
 from imp_qwen36.model import Qwen36Model
 
 ZERO_CENTRED = dict(mode="fp32", offset=1.0)
+DELTANET_KEY_HEAD_DIM = 128  # what imp_kernels.gdn_decode's one-launch step is written for
+
+
+def fast_path_reasons(info) -> list[str]:
+    """Qwen3.6's veto: the DeltaNet step kernel takes key heads of 128 and value heads of a
+    multiple of 32 up to 256 (the published models' 128 / 128)."""
+    dk, dv = info.extra.get("linear_key_head_dim"), info.extra.get("linear_value_head_dim")
+    if dk is None or "linear_attention" not in info.layer_kinds:
+        return []
+    if dk != DELTANET_KEY_HEAD_DIM or dv % 32 or dv > 256:
+        return [f"the DeltaNet decode kernel needs key heads of {DELTANET_KEY_HEAD_DIM} and value heads of a "
+                f"multiple of 32 up to 256 (this model: {dk} / {dv})"]
+    return []
 
 
 def _query_gate_rows(h: int, d: int) -> list[tuple[int, int]]:

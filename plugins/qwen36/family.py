@@ -53,7 +53,9 @@ class Qwen36Family(Family):
                          hidden_size=cfg.hidden_size, vocab_size=cfg.vocab_size, layer_kinds=kinds,
                          attention_layers=layers, is_moe=cfg.moe, num_experts=cfg.num_experts,
                          experts_per_token=cfg.num_experts_per_tok,
-                         extra={"rotary_dim": cfg.rotary_dim, "linear_conv_kernel_dim": cfg.linear_conv_kernel_dim})
+                         extra={"rotary_dim": cfg.rotary_dim, "linear_conv_kernel_dim": cfg.linear_conv_kernel_dim,
+                                "linear_key_head_dim": cfg.linear_key_head_dim,
+                                "linear_value_head_dim": cfg.linear_value_head_dim})
 
     # -- GGUF (qwen35moe / qwen35; imp_core.checkpoint.gguf_names) -------------------------------
     def gguf_names(self):
