@@ -13,7 +13,8 @@ from tests.qwen36_factory import write_checkpoint
 
 pytestmark = sim_skip
 
-SHAPE = dict(hidden_size=128, num_hidden_layers=4, num_attention_heads=2, num_key_value_heads=1, head_dim=64,
+# two layers: one Gated DeltaNet, one gated attention (the simulator runs every GPU thread in Python)
+SHAPE = dict(hidden_size=128, num_hidden_layers=2, full_attention_interval=2, num_attention_heads=2, num_key_value_heads=1, head_dim=64,
              linear_num_key_heads=1, linear_num_value_heads=2, linear_key_head_dim=128, linear_value_head_dim=32,
              rope_parameters={"rope_type": "default", "rope_theta": 1e7, "partial_rotary_factor": 0.25,
                               "mrope_section": [4, 2, 2], "mrope_interleaved": True})
@@ -26,6 +27,6 @@ def test_fast_decode_matches_reference(tmp_path, layout):
     path = write_checkpoint(tmp_path / layout, layout, seed=5, dtype=torch.bfloat16, **SHAPE, **extra)
     session = sim_session(path)
     assert dict(session.inspection.plan)["decode fast path"] == "on"
-    errors = compare_steps(session, list(range(3, 12)), steps=3)
+    errors = compare_steps(session, list(range(3, 12)), steps=2)
     print(layout, "rel errors", errors)
     assert max(errors) < REL_TOL, errors
