@@ -31,6 +31,25 @@ class Decoder(ABC):
     forced_routes: list | None = None
     routes: list | None = None
 
+    def setup(self, fast: "FastModel", cache: Any, hidden: int, vocab: int) -> dict[str, Any]:
+        """The state every family's decoder holds: the residual stream and its normed copy [1, H],
+        the logits [1, V], each layer's attention backend as the plan chose it when the decoder
+        was made, and the split-K attention workspaces (made now, before any graph capture).
+        Returns the bf16 tensor options on the model's device."""
+        from imp_core.fast import ops
+
+        self.f, self.cache = fast, cache
+        bf16 = dict(dtype=torch.bfloat16, device=fast.model.device)
+        self.resid = torch.empty(1, hidden, **bf16)
+        self.normed = torch.empty(1, hidden, **bf16)
+        self.logits = torch.empty(1, vocab, **bf16)
+        self.backends = {i: fast.model.attention_for(i) for i in range(len(cache.layers))}
+        self.plans = ops.AttentionPlans()
+        for c in cache.layers:
+            if hasattr(c, "slot_pos"):
+                self.plans.get(c.k)
+        return bf16
+
     def follow_routing(self, ids: torch.Tensor, weights: torch.Tensor) -> None:
         """Called by MoE layers right after routing: in a check, record our ids and take the
         reference's ids and weights instead. A no-op in runs (nothing set)."""

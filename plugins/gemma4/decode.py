@@ -75,24 +75,16 @@ class Gemma4Fast(FastModel):
 
 class Gemma4Decoder(Decoder):
     def __init__(self, fast: Gemma4Fast, cache) -> None:
-        self.f, self.cache = fast, cache
         cfg = fast.cfg
         dev = fast.model.device
-        bf = dict(dtype=torch.bfloat16, device=dev)
         hid = cfg.hidden_size
-        self.resid, self.normed, self.tmp, self.tmp2 = (torch.empty(1, hid, **bf) for _ in range(4))
-        self.dense, self.moe_out = torch.empty(1, hid, **bf), torch.empty(1, hid, **bf)
-        self.logits = torch.empty(1, fast.vocab, **bf)
+        bf = self.setup(fast, cache, hid, fast.vocab)
+        self.tmp, self.tmp2, self.dense, self.moe_out = (torch.empty(1, hid, **bf) for _ in range(4))
         width = max(ly.qkv.out_features for ly in fast.layers)
         self.qkv = torch.empty(1, width, **bf)
         self.attn = {ly.spec.head_dim: torch.empty(1, cfg.num_attention_heads, ly.spec.head_dim, **bf)
                      for ly in fast.layers}
         self.mlp_buf = fast.layers[0].mlp.buffers(1, dev)
-        self.plans = ops.AttentionPlans()
-        # the attention each layer runs, as the plan chose it when this decoder was made
-        self.backends = {i: fast.model.attention_for(i) for i in range(len(cache.layers))}
-        for c in cache.layers:
-            self.plans.get(c.k)
         if any(ly.mod.moe for ly in fast.layers):
             k = cfg.top_k_experts
             self.router_ws = ops.router_workspace(cfg.num_experts, dev)

@@ -47,22 +47,12 @@ class MistralFast(FastModel):
 
 class MistralDecoder(Decoder):
     def __init__(self, fast: MistralFast, cache) -> None:
-        self.f, self.cache = fast, cache
         cfg = fast.model.cfg
-        dev = fast.model.device
-        bf = dict(dtype=torch.bfloat16, device=dev)
+        bf = self.setup(fast, cache, cfg.hidden_size, fast.vocab)
         self.h, self.hkv, self.d = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
-        self.resid = torch.empty(1, cfg.hidden_size, **bf)
-        self.normed = torch.empty(1, cfg.hidden_size, **bf)
         self.qkv = torch.empty(1, (self.h + 2 * self.hkv) * self.d, **bf)
         self.attn = torch.empty(1, self.h, self.d, **bf)
-        self.mlp_buf = fast.layers[0][3].buffers(1, dev)
-        self.logits = torch.empty(1, fast.vocab, **bf)
-        self.plans = ops.AttentionPlans()
-        # the attention each layer runs, as the plan chose it when this decoder was made
-        self.backends = {i: fast.model.attention_for(i) for i in range(len(cache.layers))}
-        for c in cache.layers:
-            self.plans.get(c.k)  # the split-K workspaces exist before any capture
+        self.mlp_buf = fast.layers[0][3].buffers(1, fast.model.device)
 
     def __call__(self, token: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         f, cfg = self.f, self.f.model.cfg

@@ -128,28 +128,17 @@ class Qwen36Fast(FastModel):
 
 class Qwen36Decoder(Decoder):
     def __init__(self, fast: Qwen36Fast, cache) -> None:
-        self.f, self.cache = fast, cache
         cfg = fast.cfg
         dev = fast.model.device
-        bf = dict(dtype=torch.bfloat16, device=dev)
+        bf = self.setup(fast, cache, cfg.hidden_size, fast.vocab)
         hid = cfg.hidden_size
-        self.resid = torch.empty(1, hid, **bf)
-        self.normed = torch.empty(1, hid, **bf)
-        self.logits = torch.empty(1, fast.vocab, **bf)
         h, hkv, d = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
         self.attn_proj = torch.empty(1, (2 * h + 2 * hkv) * d, **bf)
         self.attn = torch.empty(1, h, d, **bf)
         self.gdn_proj = torch.empty(1, cfg.conv_dim + cfg.linear_value_dim + 2 * cfg.linear_num_value_heads, **bf)
         self.gdn_out = torch.empty(1, cfg.linear_value_dim, **bf)
-        self.plans = ops.AttentionPlans()
-        # the attention each layer runs, as the plan chose it when this decoder was made
-        self.backends = {i: fast.model.attention_for(i) for i in range(len(cache.layers))}
-        self.gdn_ws = {}
-        for (layer, mixer, _), c in zip(fast.layers, cache.layers):
-            if layer.full:
-                self.plans.get(c.k)
-            else:
-                self.gdn_ws[id(mixer)] = ops.gdn_workspace(1, cfg.linear_num_key_heads, dev)
+        self.gdn_ws = {id(mixer): ops.gdn_workspace(1, cfg.linear_num_key_heads, dev)
+                       for layer, mixer, _ in fast.layers if not layer.full}
         if cfg.moe:
             self.router_ws = ops.router_workspace(cfg.num_experts, dev)
             k = cfg.num_experts_per_tok
