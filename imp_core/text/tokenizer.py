@@ -13,7 +13,6 @@ id a checkpoint names as an end.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
