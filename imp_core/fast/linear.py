@@ -10,6 +10,7 @@ rows of a decode step with the kernel for its format:
 | fp8 per-tensor/channel/128-block | ``gemv_fp8``                           | ``repack.fp8_tile``      |
 | nvfp4 (ModelOpt, compressed-tensors) | ``gemv_nvfp4``                     | ``repack.nvfp4_tile``    |
 | gguf Q8_0 / Q4_K / Q6_K        | ``gemv_gguf`` on the native blocks       | padded byte buffer       |
+| gguf Q4_0 / Q5_0 (phase 3a)    | ``gemv_gguf`` Q8_0                       | widened exactly to Q8_0  |
 | anything else (phase 3a)       | ``linear_bf16`` on the weight dequantised to bf16 | dense copy      |
 
 The last row is phase 3a's rule: a format with no kernel is dequantised to the compute dtype,
@@ -26,6 +27,7 @@ from typing import Any
 import torch
 
 from imp_core.quant import QTensor
+from imp_core.quant.gguf_widen import WIDENS_TO_Q8_0, widen_to_q8_0
 
 GGUF_KERNEL_TYPES = ("Q8_0", "Q4_K", "Q6_K")
 
@@ -112,6 +114,10 @@ def bind_linear(weight: Any, *, name: str = "") -> FastLinear:
                       "fp8 with a scale granularity the kernel lacks: dequantised to bf16 (phase 3a)")
     if qt.qtype.startswith("gguf:"):
         gtype = qt.qtype.split(":", 1)[1].upper()
+        if gtype in WIDENS_TO_Q8_0 and "global" not in qt.scales:
+            wide = widen_to_q8_0(qt.data.reshape(n, -1), gtype)
+            return FastLinear("gguf:Q8_0", f"gguf {gtype} widened to Q8_0 exactly (phase 3a): GEMV on the native "
+                              f"blocks", n, k, {"raw32": gguf_common.gguf_device_buffer(wide)}, {"qtype": "Q8_0"})
         if gtype in GGUF_KERNEL_TYPES and "global" not in qt.scales:
             return FastLinear(f"gguf:{gtype}", f"gguf {gtype}: GEMV on the native blocks", n, k,
                               {"raw32": gguf_common.gguf_device_buffer(qt.data)}, {"qtype": gtype})

@@ -34,6 +34,8 @@ def _has_prequant(info: ModelInfo) -> bool:
 # -- phases ----------------------------------------------------------------------------
 #: quantized formats the decode kernels read as they are (everything else is converted by phase 3a)
 KERNEL_FORMATS = ("nvfp4", "fp8", "gguf:Q8_0", "gguf:Q4_K", "gguf:Q6_K")
+#: formats phase 3a widens exactly to a kernel format (the rest it converts to the reference's bf16)
+WIDENED_FORMATS = {"gguf:Q4_0": "gguf:Q8_0", "gguf:Q5_0": "gguf:Q8_0"}
 
 
 def _needs_conversion(info: ModelInfo) -> list[str]:
@@ -53,8 +55,10 @@ def core_phase_decision(phase: str, info: ModelInfo, settings: Settings, device:
             return PhaseDecision("3a", False, "no decode fast path: the reference path dequantises")
         convert = _needs_conversion(info)
         if convert:
-            return PhaseDecision("3a", True, f"{', '.join(convert)} have no decode kernel: converted at bind time "
-                                             f"to bf16, the reference path's own numbers")
+            how = [f"{f} widened exactly to {WIDENED_FORMATS[f]}" if f in WIDENED_FORMATS else
+                   f"{f} to bf16 (the reference path's own numbers)" for f in convert]
+            return PhaseDecision("3a", True, "formats without a decode kernel, converted at bind time: "
+                                             + ", ".join(how))
         return PhaseDecision("3a", False, "every weight format has a decode kernel")
     if phase == "3b":
         if not nvfp4:
