@@ -24,3 +24,27 @@ def test_q5_0_weight_binds_to_the_q8_0_kernel_and_matches():
     lin(x, out)
     ref = x.float() @ qt.dequantize(torch.float32).t()
     assert rel_err(out, ref) < 4e-3  # fp32 sums, one bf16 rounding of the output
+
+
+def test_q5_0_experts_widen_and_run_on_the_gguf_moe_kernel():
+    from imp_core.fast.experts import bind_experts
+
+    g = torch.Generator().manual_seed(6)
+    e, i, h = 3, 32, 64
+    gu = torch.randn(e, 2 * i, h, generator=g) * 0.05
+    dn = torch.randn(e, h, i, generator=g) * 0.05
+    q = lambda w: QTensor("gguf:Q5_0", torch.from_numpy(quantize_gguf(w, "Q5_0")), tuple(w.shape))  # noqa: E731
+    gate_up, down = q(gu), q(dn)
+    fe = bind_experts(gate_up, down, act="silu", top_k=2)
+    assert "moe_gguf" in fe.reason
+    x = torch.randn(1, h, generator=g).to(torch.bfloat16)
+    ids = torch.tensor([[2, 0]], dtype=torch.int32)
+    wts = torch.tensor([[0.6, 0.4]])
+    out = torch.full((1, h), float("nan"), dtype=torch.bfloat16)
+    fe(x, ids, wts, out)
+    wgu, wdn = gate_up.dequantize(torch.float32), down.dequantize(torch.float32)
+    ref = torch.zeros(1, h)
+    for j, ex in enumerate(ids[0].tolist()):
+        a = x.float() @ wgu[ex].t()
+        ref += wts[0, j] * ((torch.nn.functional.silu(a[:, :i]) * a[:, i:]) @ wdn[ex].t())
+    assert rel_err(out, ref) < 4e-3

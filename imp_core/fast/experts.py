@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from imp_core.fast.ops import SILU
 from imp_core.quant import QTensor
+from imp_core.quant.gguf_widen import WIDENS_TO_Q8_0, widen_to_q8_0
 
 
 GGUF_MOE_TYPES = ("Q8_0", "Q4_K", "Q6_K")  # the block types imp_kernels.moe_gguf decodes
@@ -149,9 +150,18 @@ def _kind(w: Any) -> str:
     return w.qtype
 
 
+def _widened(w: Any) -> Any:
+    """GGUF Q4_0 / Q5_0 stacks as Q8_0 (phase 3a: exact, see imp_core.quant.gguf_widen)."""
+    if not isinstance(w, QTensor) or w.qtype.split(":", 1)[-1].upper() not in WIDENS_TO_Q8_0 or "global" in w.scales:
+        return w
+    raw = w.data.reshape(*w.shape[:-1], -1)
+    return QTensor("gguf:Q8_0", widen_to_q8_0(raw, w.qtype.split(":", 1)[1].upper()), w.shape, {}, dict(w.meta))
+
+
 def bind_experts(gate_up: Any, down: Any, *, act: str, top_k: int, shared: tuple[Any, Any] | None = None
                  ) -> FastExperts:
     """The kernel form of one layer's routed experts (see module doc)."""
+    gate_up, down = _widened(gate_up), _widened(down)
     kinds = {_kind(gate_up), _kind(down)}
     if kinds == {"nvfp4"}:
         return _bind_nvfp4(gate_up, down, act, top_k, shared)
