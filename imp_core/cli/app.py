@@ -23,6 +23,23 @@ SetOpt = typer.Option(None, "--set", help="override one setting: section.key=val
 VerboseOpt = typer.Option(False, "--verbose", "-v", help="debug logging")
 QuietOpt = typer.Option(False, "--quiet", "-q", help="warnings and errors only")
 LogFileOpt = typer.Option(None, "--log-file", help="also write a debug log to this file")
+# the sampling and runtime flags run, serve and chat share (each maps to one settings key)
+TemperatureOpt = typer.Option(None, "--temperature", help="0 = greedy")
+TopKOpt = typer.Option(None, "--top-k")
+TopPOpt = typer.Option(None, "--top-p")
+MinPOpt = typer.Option(None, "--min-p")
+RepeatPenaltyOpt = typer.Option(None, "--repeat-penalty")
+DeviceOpt = typer.Option(None, "--device", help="auto, cpu, cuda or cuda:N")
+DtypeOpt = typer.Option(None, "--dtype", help="auto, bfloat16, float16 or float32")
+ContextOpt = typer.Option(None, "--context", help="context length in tokens (0 = auto)")
+
+
+def sampling_flags(max_tokens, temperature, top_k, top_p, min_p, repeat_penalty, seed, device, dtype,
+                   context) -> dict:
+    """The shared flags as settings keys (None: not given)."""
+    return {"runtime.max_tokens": max_tokens, "sampling.temperature": temperature, "sampling.top_k": top_k,
+            "sampling.top_p": top_p, "sampling.min_p": min_p, "sampling.repeat_penalty": repeat_penalty,
+            "sampling.seed": seed, "runtime.device": device, "runtime.dtype": dtype, "runtime.context": context}
 
 
 @contextmanager
@@ -98,17 +115,17 @@ def run(
     prompt_file: Optional[Path] = typer.Option(None, "--prompt-file", help="read the prompt from this file (UTF-8)"),
     system: Optional[str] = typer.Option(None, "--system", help="system message (through the chat template)"),
     max_tokens: Optional[int] = typer.Option(None, "--max-tokens", "-n", help="tokens to generate"),
-    temperature: Optional[float] = typer.Option(None, "--temperature", help="0 = greedy"),
-    top_k: Optional[int] = typer.Option(None, "--top-k"),
-    top_p: Optional[float] = typer.Option(None, "--top-p"),
-    min_p: Optional[float] = typer.Option(None, "--min-p"),
-    repeat_penalty: Optional[float] = typer.Option(None, "--repeat-penalty"),
+    temperature: Optional[float] = TemperatureOpt,
+    top_k: Optional[int] = TopKOpt,
+    top_p: Optional[float] = TopPOpt,
+    min_p: Optional[float] = MinPOpt,
+    repeat_penalty: Optional[float] = RepeatPenaltyOpt,
     seed: Optional[int] = typer.Option(None, "--seed", help="same seed, same output"),
     stop: Optional[List[str]] = typer.Option(None, "--stop", help="stop string (repeatable)"),
     chat: Optional[bool] = typer.Option(None, "--chat/--raw", help="apply the chat template (default when the checkpoint has one) or send the prompt as is"),
-    device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda or cuda:N"),
-    dtype: Optional[str] = typer.Option(None, "--dtype", help="auto, bfloat16, float16 or float32"),
-    context: Optional[int] = typer.Option(None, "--context", help="context length in tokens (0 = auto)"),
+    device: Optional[str] = DeviceOpt,
+    dtype: Optional[str] = DtypeOpt,
+    context: Optional[int] = ContextOpt,
     config: Optional[Path] = ConfigOpt,
     set_items: Optional[List[str]] = SetOpt,
     verbose: bool = VerboseOpt,
@@ -117,11 +134,8 @@ def run(
 ) -> None:
     """Generate text from a prompt, streaming it to stdout."""
     with user_errors():
-        flags = {"runtime.max_tokens": max_tokens, "sampling.temperature": temperature,
-                 "sampling.top_k": top_k, "sampling.top_p": top_p, "sampling.min_p": min_p,
-                 "sampling.repeat_penalty": repeat_penalty, "sampling.seed": seed,
-                 "runtime.chat": chat, "runtime.device": device, "runtime.dtype": dtype,
-                 "runtime.context": context}
+        flags = {**sampling_flags(max_tokens, temperature, top_k, top_p, min_p, repeat_penalty, seed, device,
+                                  dtype, context), "runtime.chat": chat}
         resolved = _settings(config, set_items, flags, verbose=verbose, quiet=quiet, log_file=log_file)
         text = _read_prompt(prompt, prompt_file)
         from imp_core.cli.run_command import run_prompt

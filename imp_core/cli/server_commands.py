@@ -11,15 +11,10 @@ import typer
 
 
 
-def _sampling_flags(max_tokens, temperature, top_k, top_p, min_p, repeat_penalty, seed, device, dtype,
-                    context) -> dict:
-    return {"runtime.max_tokens": max_tokens, "sampling.temperature": temperature, "sampling.top_k": top_k,
-            "sampling.top_p": top_p, "sampling.min_p": min_p, "sampling.repeat_penalty": repeat_penalty,
-            "sampling.seed": seed, "runtime.device": device, "runtime.dtype": dtype, "runtime.context": context}
-
-
 def register(app: typer.Typer) -> None:
-    from imp_core.cli.app import ConfigOpt, LogFileOpt, ModelOpt, QuietOpt, SetOpt, VerboseOpt
+    from imp_core.cli.app import (ConfigOpt, ContextOpt, DeviceOpt, DtypeOpt, LogFileOpt, MinPOpt, ModelOpt,
+                                  QuietOpt, RepeatPenaltyOpt, SetOpt, TemperatureOpt, TopKOpt, TopPOpt,
+                                  VerboseOpt, sampling_flags)
 
     @app.command()
     def serve(
@@ -34,15 +29,15 @@ def register(app: typer.Typer) -> None:
         shutdown_timeout: float = typer.Option(30.0, "--shutdown-timeout",
                                                help="seconds in-flight requests may take to finish after SIGINT/SIGTERM"),
         max_tokens: Optional[int] = typer.Option(None, "--max-tokens", "-n", help="default max_tokens of a request"),
-        temperature: Optional[float] = typer.Option(None, "--temperature"),
-        top_k: Optional[int] = typer.Option(None, "--top-k"),
-        top_p: Optional[float] = typer.Option(None, "--top-p"),
-        min_p: Optional[float] = typer.Option(None, "--min-p"),
-        repeat_penalty: Optional[float] = typer.Option(None, "--repeat-penalty"),
+        temperature: Optional[float] = TemperatureOpt,
+        top_k: Optional[int] = TopKOpt,
+        top_p: Optional[float] = TopPOpt,
+        min_p: Optional[float] = MinPOpt,
+        repeat_penalty: Optional[float] = RepeatPenaltyOpt,
         seed: Optional[int] = typer.Option(None, "--seed", help="default seed of a request"),
-        device: Optional[str] = typer.Option(None, "--device"),
-        dtype: Optional[str] = typer.Option(None, "--dtype"),
-        context: Optional[int] = typer.Option(None, "--context"),
+        device: Optional[str] = DeviceOpt,
+        dtype: Optional[str] = DtypeOpt,
+        context: Optional[int] = ContextOpt,
         config: Optional[Path] = ConfigOpt,
         set_items: Optional[List[str]] = SetOpt,
         verbose: bool = VerboseOpt,
@@ -53,7 +48,7 @@ def register(app: typer.Typer) -> None:
         from imp_core.cli.app import _plugins, _settings, user_errors
 
         with user_errors():
-            flags = _sampling_flags(max_tokens, temperature, top_k, top_p, min_p, repeat_penalty, seed, device,
+            flags = sampling_flags(max_tokens, temperature, top_k, top_p, min_p, repeat_penalty, seed, device,
                                     dtype, context)
             resolved = _settings(config, set_items, flags, verbose=verbose, quiet=quiet, log_file=log_file)
             from imp_core.cli.serve_command import serve_model
@@ -66,15 +61,15 @@ def register(app: typer.Typer) -> None:
         model: Path = ModelOpt,
         system: Optional[str] = typer.Option(None, "--system", help="system prompt"),
         max_tokens: Optional[int] = typer.Option(None, "--max-tokens", "-n", help="tokens per answer at most"),
-        temperature: Optional[float] = typer.Option(None, "--temperature"),
-        top_k: Optional[int] = typer.Option(None, "--top-k"),
-        top_p: Optional[float] = typer.Option(None, "--top-p"),
-        min_p: Optional[float] = typer.Option(None, "--min-p"),
-        repeat_penalty: Optional[float] = typer.Option(None, "--repeat-penalty"),
+        temperature: Optional[float] = TemperatureOpt,
+        top_k: Optional[int] = TopKOpt,
+        top_p: Optional[float] = TopPOpt,
+        min_p: Optional[float] = MinPOpt,
+        repeat_penalty: Optional[float] = RepeatPenaltyOpt,
         seed: Optional[int] = typer.Option(None, "--seed"),
-        device: Optional[str] = typer.Option(None, "--device"),
-        dtype: Optional[str] = typer.Option(None, "--dtype"),
-        context: Optional[int] = typer.Option(None, "--context"),
+        device: Optional[str] = DeviceOpt,
+        dtype: Optional[str] = DtypeOpt,
+        context: Optional[int] = ContextOpt,
         config: Optional[Path] = ConfigOpt,
         set_items: Optional[List[str]] = SetOpt,
         verbose: bool = VerboseOpt,
@@ -85,7 +80,7 @@ def register(app: typer.Typer) -> None:
         from imp_core.cli.app import _plugins, _settings, user_errors
 
         with user_errors():
-            flags = _sampling_flags(max_tokens, temperature, top_k, top_p, min_p, repeat_penalty, seed, device,
+            flags = sampling_flags(max_tokens, temperature, top_k, top_p, min_p, repeat_penalty, seed, device,
                                     dtype, context)
             resolved = _settings(config, set_items, flags, verbose=verbose, quiet=quiet, log_file=log_file)
             from imp_core.cli.chat_command import chat_loop
