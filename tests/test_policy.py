@@ -42,11 +42,12 @@ PHASE_TABLE = [
     (frozenset(), True, True, (False, False, False, True)),
     (frozenset({"nvfp4"}), True, True, (True, False, True, True)),
     (frozenset({"nvfp4"}), True, False, (True, False, True, False)),
-    (frozenset({"fp8"}), False, True, (True, False, False, False)),
-    (frozenset({"gguf:Q4_K"}), True, True, (True, False, False, True)),
-    (frozenset({"gguf:Q4_K", "gguf:Q5_0"}), True, True, (True, True, False, True)),
-    (frozenset({"gguf:Q5_0"}), False, False, (True, False, False, False)),
-    (frozenset({"mxfp4"}), True, True, (True, True, False, True)),
+    (frozenset({"fp8"}), False, True, (True, False, True, False)),
+    (frozenset({"gguf:Q4_K"}), True, True, (True, False, True, True)),
+    (frozenset({"gguf:Q4_K", "gguf:Q5_0"}), True, True, (True, True, True, True)),
+    (frozenset({"gguf:Q5_0"}), False, False, (True, False, True, False)),
+    (frozenset({"mxfp4"}), True, True, (True, True, True, True)),
+    (frozenset({"dense"}), False, True, (False, False, False, False)),
 ]
 
 

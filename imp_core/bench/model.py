@@ -50,6 +50,29 @@ def _spec_bytes(spec: dict, formats, dtype: torch.dtype) -> dict[str, tuple[tupl
     return out
 
 
+def _later_phases(plugins, model, info, spec, formats, settings, device, dtype, fast: bool
+                  ) -> list[tuple[str, str]]:
+    """Phase 3b on the preset's packed weights, decided by the same policy as for a checkpoint
+    (3a and 3-MoE happen at fast-path binding); returns the plan lines."""
+    from dataclasses import replace
+
+    from imp_core.model.prefill_forms import build_prefill_forms
+    from imp_core.run.generator import PREFILL_CHUNK
+    from imp_core.run.prefill_plan import prefill_summary
+
+    used = {formats(n, shape) for n, (shape, _) in spec.items()} - {None} if formats else set()
+    info = replace(info, quant_formats=frozenset(used))
+    lines = []
+    for d in policy.plan_phases(plugins.hook, info, settings, device, fast):
+        if d.phase == "3b" and d.enabled and device.type == "cuda":
+            lines.append(("phase 3b", build_prefill_forms(model, roles=d.roles, dtype=dtype, device=device)))
+        elif d.phase == "3b":
+            lines.append(("phase 3b", f"{'on' if d.enabled else 'off'} - {d.reason}"
+                                      + (" (dense copies are made on CUDA only)" if d.enabled else "")))
+    lines.append(("prefill", prefill_summary(model, PREFILL_CHUNK)))
+    return lines
+
+
 def build_preset(plugins, preset: Preset, fmt: str, settings, device: torch.device, dtype: torch.dtype,
                  path: str, *, progress: bool = True) -> BenchModel:
     from imp_core.fast.model import bind_fast_path
@@ -77,10 +100,11 @@ def build_preset(plugins, preset: Preset, fmt: str, settings, device: torch.devi
                                       dtype, not reasons)
     model.set_attention_backends({ly.index: plugins.attention[c.backend]
                                   for ly, c in zip(info.attention_layers, choices)})
+    phase_lines = _later_phases(plugins, model, info, spec, formats, settings, device, dtype, not reasons)
     fast = bind_fast_path(family, model) if not reasons else None
     sync(device)
     plan = [("model", f"preset {preset.name} ({info.architecture}), random weights, format {fmt}"),
-            ("decode path", "fast" if fast else "reference - " + "; ".join(reasons))]
+            ("decode path", "fast" if fast else "reference - " + "; ".join(reasons)), *phase_lines]
     plan += fast.plan if fast else []
     active = fast.model.weight_bytes_per_token() if fast else \
         active_weight_bytes(_spec_bytes(spec, formats, dtype), info.num_experts, info.experts_per_token)

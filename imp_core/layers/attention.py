@@ -48,9 +48,21 @@ def eager_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_pos: to
     return torch.matmul(probs, v)
 
 
+def is_fresh_causal(t: int, s: int, window: int | None) -> bool:
+    """Whether a call's visibility is exactly the causal triangle, known from shapes alone: the
+    cache hands over as many keys as queries only when they are the chunk's own keys from
+    position 0 (a full cache trimmed to its span, or a still-empty ring), and no window bites."""
+    return t > 1 and t == s and (window is None or t <= window)
+
+
 def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_pos: torch.Tensor,
                    key_pos: torch.Tensor, *, scale: float, window: int | None = None) -> torch.Tensor:
-    """The same through torch's scaled_dot_product_attention."""
+    """The same through torch's scaled_dot_product_attention. A fresh prefill chunk goes without a
+    mask (is_causal, grouped heads not expanded), which lets torch take its flash kernel; any
+    other call carries the position mask (memory-efficient or math kernel)."""
+    if is_fresh_causal(q.shape[2], k.shape[2], window):
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale,
+                                              enable_gqa=q.shape[1] != k.shape[1])
     k, v, mask = _masked_inputs(q, k, v, q_pos, key_pos, window)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
 

@@ -20,11 +20,18 @@ the rsqrt of the sum of squares), scale q by ``scale`` (default dk^-0.5), start 
 final state [B, Hv, dk, dv] fp32). The state is never written in place here; the caller owns
 its buffer (see ``imp_qwen36`` for a preallocated per-layer state).
 
+On CUDA, prefill may instead run flash-linear-attention's Triton ``chunk_gated_delta_rule`` (the
+same chunked algorithm; bf16 inputs, fp32 state and accumulation), when that optional package is
+installed (the ``cuda`` extra): ``prefill_rule`` is the choice, a pure function; ``fla_chunk``
+adapts the call (key heads repeated to the value heads here, L2 norm and scale in the kernel).
+
 ``gated_rms_norm`` is the Gated DeltaNet output norm: RMSNorm with a plain weight, then times
 silu(gate) (norm-then-gate, as fla's FusedRMSNormGated and transformers' RMSNormGated).
 """
 
 from __future__ import annotations
+
+import importlib.util
 
 import torch
 import torch.nn.functional as F
@@ -133,6 +140,47 @@ def chunk_gated_delta_rule(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g:
         state = state * chunk_decay[:, :, i] + k[:, :, i].transpose(-1, -2) @ v_new
     o = out.reshape(b, h, n * c, dv)[:, :, :t]
     return o.transpose(1, 2).contiguous().to(out_dtype), state
+
+
+_FLA: list[bool] = []
+
+
+def fla_installed() -> bool:
+    """Whether flash-linear-attention's gated delta rule imports here (checked once)."""
+    if not _FLA:
+        ok = importlib.util.find_spec("fla") is not None
+        if ok:
+            try:
+                import fla.ops.gated_delta_rule  # noqa: F401
+            except Exception:  # a broken optional install must not break the run: torch ops instead
+                ok = False
+        _FLA.append(ok)
+    return _FLA[0]
+
+
+def prefill_rule(device_type: str, fla_ok: bool) -> tuple[str, str]:
+    """(rule, reason) for multi-token steps of the gated delta rule."""
+    if device_type == "cuda" and fla_ok:
+        return "fla", "flash-linear-attention's Triton chunked kernel (the cuda extra is installed)"
+    if device_type == "cuda":
+        return "torch-chunk", "chunked rule in torch ops (install imp[cuda] for flash-linear-attention's kernel)"
+    return "torch-chunk", "chunked rule in torch ops (the reference)"
+
+
+def fla_chunk(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, beta: torch.Tensor,
+              initial_state: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``chunk_gated_delta_rule``'s contract (L2-normalised q/k, scale dk^-0.5) through fla."""
+    from fla.ops.gated_delta_rule import chunk_gated_delta_rule as fla_rule
+
+    hk, hv = k.shape[2], v.shape[2]
+    if hv != hk:
+        q = q.repeat_interleave(hv // hk, dim=2)
+        k = k.repeat_interleave(hv // hk, dim=2)
+    state = None if initial_state is None else initial_state.float().contiguous()
+    o, final = fla_rule(q.contiguous(), k.contiguous(), v.contiguous(), g=g.float().contiguous(),
+                        beta=beta.to(q.dtype).contiguous(), initial_state=state,
+                        output_final_state=True, use_qk_l2norm_in_kernel=True)
+    return o.to(q.dtype), final.float()
 
 
 def gated_rms_norm(x: torch.Tensor, gate: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:

@@ -26,10 +26,17 @@ class Linear:
     def __init__(self, weight: Any, bias: torch.Tensor | None = None) -> None:
         self.weight = weight
         self.bias = bias
+        self.prefill_dense: dict[str, torch.Tensor] = {}  # Phase 3b's dense copy of a packed weight
+
+    def dense(self, dtype: torch.dtype) -> torch.Tensor:
+        copy = self.prefill_dense.get("weight")
+        if copy is not None and copy.dtype == dtype:
+            return copy
+        return dense_weight(self.weight, dtype)
 
     @property
     def out_features(self) -> int:
         return int(self.weight.shape[0])
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, dense_weight(self.weight, x.dtype), self.bias)
+        return F.linear(x, self.dense(x.dtype), self.bias)

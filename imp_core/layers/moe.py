@@ -6,7 +6,13 @@ gate, I..2I-1 are up) and ``down`` [E, H, I]. Two execution strategies compute t
 - ``gather`` (few tokens, e.g. decode): gather the k chosen experts' weights per token and use
   batched matmuls. Static shapes, no host sync: capturable, and it reads exactly the routed
   experts' bytes, like the real decode.
-- ``loop`` (prefill): loop over the experts that received tokens (a host sync to find them).
+- ``grouped`` (prefill on CUDA): the (token, expert) pairs sorted by expert on the device and
+  each projection done as one grouped GEMM (``torch._grouped_mm``, offsets from a device-side
+  bincount): no host sync, every expert's rows in one launch;
+- ``loop`` (prefill elsewhere, the CPU reference): loop over the experts that received tokens
+  (a host sync to find them).
+
+``moe_strategy`` is the rule, a pure function of the token count and what the device offers.
 
 Combination follows transformers' grouped_mm path: each expert output is multiplied by its
 routing weight (fp32 weights give fp32 products), the k contributions are summed, and the sum
@@ -23,6 +29,38 @@ from imp_core.layers.linear import dense_weight
 from imp_core.layers.mlp import activation
 
 GATHER_MAX_TOKENS = 4
+_GROUPED_OK: dict[tuple[str, torch.dtype], bool] = {}
+
+
+def grouped_mm_available(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether ``torch._grouped_mm`` runs here (probed once per device type and dtype with a tiny
+    problem checked against a plain matmul; False on a torch without it)."""
+    key = (device.type, dtype)
+    if key not in _GROUPED_OK:
+        ok = hasattr(torch, "_grouped_mm")
+        if ok:
+            try:
+                a = torch.randn(32, 64, device=device).to(dtype)
+                b = torch.randn(2, 16, 64, device=device).to(dtype)
+                offs = torch.tensor([16, 32], dtype=torch.int32, device=device)
+                y = torch._grouped_mm(a, b.transpose(-2, -1), offs=offs)
+                ref = torch.cat((a[:16] @ b[0].T, a[16:] @ b[1].T))
+                ok = bool(torch.allclose(y.float(), ref.float(), rtol=2e-2, atol=2e-1))
+            except (RuntimeError, NotImplementedError, TypeError):
+                ok = False
+        _GROUPED_OK[key] = ok
+    return _GROUPED_OK[key]
+
+
+def moe_strategy(tokens: int, device_type: str, grouped_ok: bool) -> tuple[str, str]:
+    """(strategy, reason) for routed experts over ``tokens`` tokens."""
+    if tokens <= GATHER_MAX_TOKENS:
+        return "gather", f"{tokens} token(s) <= {GATHER_MAX_TOKENS}: gathered expert weights, batched matmuls"
+    if device_type == "cuda" and grouped_ok:
+        return "grouped", "tokens sorted by expert on the device, one grouped GEMM per projection (no host sync)"
+    if device_type == "cuda":
+        return "loop", "torch._grouped_mm unavailable here: loop over the routed experts (one host sync each)"
+    return "loop", "reference loop over the routed experts"
 
 
 class RouteTrace:
@@ -62,15 +100,22 @@ class Experts:
         self.act = activation(act)
         self.num_experts = int(gate_up.shape[0])
         self.intermediate = int(gate_up.shape[1]) // 2
+        self.prefill_dense: dict[str, torch.Tensor] = {}  # Phase 3b's dense copies of packed stacks
+
+    def _weight(self, attr: str, dtype: torch.dtype) -> torch.Tensor:
+        copy = self.prefill_dense.get(attr)
+        if copy is not None and copy.dtype == dtype:
+            return copy
+        return dense_weight(getattr(self, attr), dtype)
 
     def _weights(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        return dense_weight(self.gate_up, dtype), dense_weight(self.down, dtype)
+        return self._weight("gate_up", dtype), self._weight("down", dtype)
 
     def __call__(self, x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """x [N, H], ids [N, k], weights [N, k] -> [N, H] in x's dtype."""
-        if x.shape[0] <= GATHER_MAX_TOKENS:
-            return self.gather(x, ids, weights)
-        return self.loop(x, ids, weights)
+        grouped_ok = x.is_cuda and grouped_mm_available(x.device, x.dtype)
+        strategy, _ = moe_strategy(x.shape[0], x.device.type, grouped_ok)
+        return getattr(self, strategy)(x, ids, weights)
 
     def _combine(self, y: torch.Tensor, weights: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         return (y * weights[..., None]).sum(dim=1).to(dtype)
@@ -83,6 +128,19 @@ class Experts:
         h = self.act(g) * u
         y = torch.matmul(down[ids], h[..., None]).squeeze(-1)  # [N, k, H]
         return self._combine(y, weights, x.dtype)
+
+    def grouped(self, x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        gate_up, down = self._weights(x.dtype)
+        n, k = ids.shape
+        flat = ids.reshape(-1)
+        order = torch.argsort(flat, stable=True)
+        offs = torch.bincount(flat, minlength=self.num_experts).cumsum(0).to(torch.int32)
+        gu = torch._grouped_mm(x[order // k], gate_up.transpose(-2, -1), offs=offs)  # [N*k, 2I]
+        h = self.act(gu[:, :self.intermediate]) * gu[:, self.intermediate:]
+        y_sorted = torch._grouped_mm(h, down.transpose(-2, -1), offs=offs)  # [N*k, H]
+        y = torch.empty_like(y_sorted)
+        y[order] = y_sorted
+        return self._combine(y.view(n, k, -1), weights, x.dtype)
 
     def loop(self, x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         gate_up, down = self._weights(x.dtype)

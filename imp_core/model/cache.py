@@ -9,6 +9,12 @@ no host sync and can be captured in a CUDA graph (the slot index is computed on 
   S = window, slot = position % window. ``slot_pos`` records which position each slot holds
   (-1 = empty), so masks are built from positions on the device.
 - Recurrent state for linear-attention layers lives with the family (see imp_core.layers).
+
+Prefill knows its positions on the host: ``LayerCaches.set_span(start, end)`` (the Generator
+sets it around each prefill chunk, and clears it before decode, which must keep static shapes)
+lets a multi-token ``update`` return only the slots that can be visible (``[0, end)`` of a full
+cache; the chunk alone for a ring that is still empty), so prefill attention does not scan the
+whole context's empty slots and a fresh prompt's chunk is exactly the causal triangle.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ class KVCache:
         self.v = torch.zeros(batch, num_kv_heads, capacity, v_head_dim or head_dim, dtype=dtype,
                              device=device)
         self.slot_pos = torch.full((capacity,), -1, dtype=torch.long, device=device)
+        self.span: tuple[int, int] | None = None  # host-known positions of the current prefill chunk
 
     @property
     def nbytes(self) -> int:
@@ -52,6 +59,15 @@ class KVCache:
         early queries of the chunk still need keys the chunk's own tail evicts.
         """
         t = k.shape[2]
+        if self.span is not None and t > 1:
+            start, end = self.span
+            if not self.ring:
+                self._write(k, v, positions)
+                return self.k[:, :, :end], self.v[:, :, :end], self.slot_pos[:end]
+            if start == 0:  # nothing older in the ring: the chunk attends to itself only
+                n = min(t, self.capacity)
+                self._write(k[:, :, t - n:], v[:, :, t - n:], positions[t - n:])
+                return k, v, positions
         if self.ring and t > 1:
             keys = torch.cat((self.k, k), dim=2)
             values = torch.cat((self.v, v), dim=2)
@@ -73,6 +89,12 @@ class LayerCaches:
         for c in self.layers:
             if c is not None:
                 c.reset()
+
+    def set_span(self, span: tuple[int, int] | None) -> None:
+        """Positions [start, end) of the prefill chunk about to run (None: unknown, e.g. decode)."""
+        for c in self.layers:
+            if isinstance(c, KVCache):
+                c.span = span
 
     @property
     def nbytes(self) -> int:

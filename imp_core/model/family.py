@@ -70,6 +70,10 @@ class CausalLM(ABC):
         """The backend layer ``layer_index`` runs (torch SDPA until a plan installs others)."""
         return self.attention_backends.get(layer_index, SDPA)
 
+    def prefill_notes(self) -> list[str]:
+        """The family's own prefill kernel choices for the plan line (e.g. a linear-attention rule)."""
+        return []
+
     def reset_cache(self, cache: Any) -> None:
         """Forget every cached token (buffers stay allocated)."""
         cache.reset()

@@ -39,6 +39,17 @@ ALWAYS_DENSE_ROLES = frozenset({"embedding", "norm", "conv"})
 PHASE_IMPLS: dict[str, Callable[[Any, "PhasePipeline"], str]] = {}
 
 
+def _phase_3b(model: Any, pipeline: "PhasePipeline") -> str:
+    from imp_core.model.prefill_forms import build_prefill_forms
+
+    decision = pipeline.decisions.get("3b")
+    return build_prefill_forms(model, roles=getattr(decision, "roles", None), dtype=pipeline.dtype,
+                               device=pipeline.device)
+
+
+PHASE_IMPLS["3b"] = _phase_3b
+
+
 
 
 def available_memory(device: torch.device) -> int | None:

@@ -45,7 +45,7 @@ def _needs_conversion(info: ModelInfo) -> list[str]:
 def core_phase_decision(phase: str, info: ModelInfo, settings: Settings, device: torch.device | str,
                         fast_path: bool) -> PhaseDecision:
     """The core's default for one pre-dequant phase, given the fast-path predicate's answer."""
-    nvfp4 = any(f.startswith("nvfp4") for f in info.quant_formats)
+    packed = bool(info.quant_formats - {"dense"})
     if phase == "0":
         if _has_prequant(info):
             return PhaseDecision("0", True, "prequantized weights: attach scales to their packed tensors")
@@ -61,9 +61,10 @@ def core_phase_decision(phase: str, info: ModelInfo, settings: Settings, device:
                                              + ", ".join(how))
         return PhaseDecision("3a", False, "every weight format has a decode kernel")
     if phase == "3b":
-        if not nvfp4:
-            return PhaseDecision("3b", False, "no NVFP4 weights")
-        return PhaseDecision("3b", True, "NVFP4 weights need a dense form for prefill (dequantised per layer)")
+        if not packed:
+            return PhaseDecision("3b", False, "no packed weights: prefill uses the dense weights as they are")
+        return PhaseDecision("3b", True, "packed weights get a dense prefill form: copies where memory allows, "
+                                         "else dequantised layer by layer")
     if phase == "3-MoE":
         if not info.is_moe:
             return PhaseDecision("3-MoE", False, "not a mixture-of-experts model")

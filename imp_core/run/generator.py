@@ -88,11 +88,19 @@ class Generator:
         self.check_fits(len(ids))
         tokens = torch.tensor([ids], dtype=torch.long, device=self.device)
         logits = None
-        for start in range(0, len(ids), self.prefill_chunk):
-            chunk = tokens[:, start:start + self.prefill_chunk]
-            pos = torch.arange(self.length, self.length + chunk.shape[1], device=self.device)
-            logits = self.model.forward(chunk, pos, self.cache, last_only=True)
-            self.length += chunk.shape[1]
+        spans = getattr(self.cache, "set_span", None)
+        try:
+            for start in range(0, len(ids), self.prefill_chunk):
+                chunk = tokens[:, start:start + self.prefill_chunk]
+                end = self.length + chunk.shape[1]
+                if spans is not None:
+                    spans((self.length, end))
+                pos = torch.arange(self.length, end, device=self.device)
+                logits = self.model.forward(chunk, pos, self.cache, last_only=True)
+                self.length = end
+        finally:
+            if spans is not None:
+                spans(None)
         self.pos_buf.fill_(self.length - 1)
         return logits[:, -1]
 

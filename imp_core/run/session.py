@@ -262,6 +262,8 @@ def renames(insp: Inspection) -> tuple[Any, Any]:
 def build_model(insp: Inspection, *, progress: bool = True) -> CausalLM:
     """Read the weights and build the model the inspection planned; log what Phase 0 did."""
     from imp_core.model.phases import PhasePipeline
+    from imp_core.run.generator import PREFILL_CHUNK
+    from imp_core.run.prefill_plan import prefill_summary
 
     rename, transform = renames(insp)
     pipeline = PhasePipeline(insp.phases, insp.quant_plan, dequant=insp.settings.settings.quant.dequant,
@@ -275,6 +277,7 @@ def build_model(insp: Inspection, *, progress: bool = True) -> CausalLM:
     model.set_attention_backends(insp.attention_backends)
     pipeline.run_after_build(model)
     insp.load_report = pipeline.report()
+    insp.load_report.append(("prefill", prefill_summary(model, PREFILL_CHUNK)))
     for label, text in insp.load_report:
         logger.info("{}: {}", label, text)
     return model

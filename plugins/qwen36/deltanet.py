@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 
 from imp_core.layers.causal_conv import causal_conv1d, new_conv_state
-from imp_core.layers.gated_delta import chunk_gated_delta_rule, gated_rms_norm, recurrent_gated_delta_rule
+from imp_core.layers.gated_delta import (chunk_gated_delta_rule, fla_chunk, fla_installed, gated_rms_norm,
+                                        prefill_rule, recurrent_gated_delta_rule)
 from imp_core.layers.linear import Linear
 from imp_core.layers.mlp import activation
 from imp_qwen36.config import Qwen36Config
@@ -83,7 +84,11 @@ class GatedDeltaNet:
         v = v.reshape(b, t, -1, self.dv)
         beta = self.in_b(x).sigmoid()
         g = self.neg_a * F.softplus(self.in_a(x).float() + self.dt_bias)
-        rule = recurrent_gated_delta_rule if t == 1 else chunk_gated_delta_rule
+        if t == 1:
+            rule = recurrent_gated_delta_rule
+        else:
+            chosen, _ = prefill_rule(x.device.type, x.is_cuda and fla_installed())
+            rule = fla_chunk if chosen == "fla" else chunk_gated_delta_rule
         o, final = rule(q, k, v, g, beta, state.recurrent)
         state.recurrent.copy_(final)
         z = self.in_z(x).reshape(b, t, -1, self.dv)

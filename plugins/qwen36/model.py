@@ -21,6 +21,7 @@ from imp_core.layers.rope import Rotary, default_inv_freq
 from imp_core.plugin.plan_types import ModelInfo
 from imp_qwen36.attention import GatedAttention, zero_centred_norm
 from imp_qwen36.config import FULL, Qwen36Config
+from imp_core.layers.gated_delta import fla_installed, prefill_rule
 from imp_qwen36.deltanet import DeltaNetState, GatedDeltaNet
 from imp_core.model.loading import checked
 from imp_qwen36.moe import build_mlp
@@ -57,6 +58,10 @@ class Qwen36Model(CausalLM):
         head = checked(w, "lm_head.weight", (v, h), keys="vocab_size, hidden_size") if "lm_head.weight" in w else self.embed.weight
         self.lm_head = LMHead(head)
         self.rotary = Rotary(default_inv_freq(cfg.rope_theta, cfg.rotary_dim)).to(self.device)
+
+    def prefill_notes(self) -> list[str]:
+        rule, why = prefill_rule(self.device.type, self.device.type == "cuda" and fla_installed())
+        return [f"gated delta rule: {rule} ({why})"] if self.cfg.linear_layers else []
 
     def new_cache(self, batch: int, context: int) -> LayerCaches:
         cfg = self.cfg
