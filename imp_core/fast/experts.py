@@ -162,6 +162,8 @@ def bind_experts(gate_up: Any, down: Any, *, act: str, top_k: int, shared: tuple
                  ) -> FastExperts:
     """The kernel form of one layer's routed experts (see module doc)."""
     gate_up, down = _widened(gate_up), _widened(down)
+    if shared is not None and shared[0] is not None:
+        shared = (_widened(shared[0]), _widened(shared[1]))  # llama-quantize gives shared down Q5_0 at times
     kinds = {_kind(gate_up), _kind(down)}
     if kinds == {"nvfp4"}:
         return _bind_nvfp4(gate_up, down, act, top_k, shared)

@@ -78,6 +78,8 @@ def bind(module: str, gate_up: Any, down: Any, act: str, top_k: int,
         sgu, sdn = _as_stack(shared[0]), _as_stack(shared[1])
         same = (isinstance(sgu, torch.Tensor) and isinstance(sdn, torch.Tensor)) if module == "moe_bf16" else \
             all(isinstance(t, QTensor) and t.qtype.split(":")[0] == kind.split(":")[0] for t in (sgu, sdn))
+        if same and module == "moe_gguf":  # each part must be a block type the kernel decodes
+            same = all(t.qtype.split(":", 1)[1].upper() in kern.SUPPORTED for t in (sgu, sdn))
         if same:
             sh_inter = int(sgu.shape[1]) // 2
     if module == "moe_bf16":
