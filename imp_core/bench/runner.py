@@ -1,4 +1,5 @@
-"""The measurements of `imp bench`: prefill tok/s and time to first token per prompt length,
+"""The measurements of `imp bench`: prefill tok/s and time to first token per prompt length
+(after one untimed warm-up prefill),
 decode tok/s at each context (the cache marked as holding that many tokens, so long contexts
 need no long prefill), repeated, with the roofline figures; and a per-op profile of one step."""
 
@@ -60,6 +61,10 @@ def measure(bench, *, prefill: list[int], contexts: list[int], decode: int, repe
     gen = Generator(model, capacity, cuda_graphs=graphs and device.type == "cuda",
                     decoder=bench.fast.decoder if bench.fast is not None else None)
     sampler = _sampler(bench, device)
+    if prefill:  # one untimed prefill first: kernel compilation, cuBLAS and allocator warm-up
+        gen.reset()
+        sampler.sample(gen.prefill(_ids(min(prefill), bench.vocab)))
+        sync(device)
     for n in prefill:
         times = []
         for _ in range(repeat):
