@@ -73,3 +73,26 @@ def test_bad_arguments_are_one_line(args, message):
     res = _bench(*args, "--device", "cpu")
     assert res.exit_code == 2
     assert message in res.output and "Traceback" not in res.output
+
+
+def test_peer_transformers_on_the_same_shapes(tmp_path):
+    out = tmp_path / "peer.json"
+    res = _bench("--preset", "qwen3.6-mini", *QUICK, "--peer", "transformers", "--json", str(out))
+    assert res.exit_code == 0, res.output
+    peer = json.loads(out.read_text())["peers"]["transformers"]
+    assert peer["class"] == "Qwen3_5MoeForCausalLM" and peer["transformers"]
+    (p,) = peer["prefill"]
+    assert p["tokens"] == 8 and p["tok_s"] > 0 and p["imp_ratio"] > 0
+    assert peer["decode"]["tok_s_median"] > 0 and peer["decode"]["compiled"] is False
+    assert "peer transformers" in res.output and "imp/transformers" in res.output
+
+
+@pytest.mark.parametrize("args,expected", [
+    (["--preset", "mistral-mini", "--peer", "vllm"], "the only peer is 'transformers'"),
+    (["--peer", "transformers"], "needs --preset"),
+])
+def test_peer_errors(tmp_path, args, expected):
+    if "--preset" not in args:
+        args = ["--model", str(write_checkpoint(tmp_path / "m", "mistral", seed=1)), *args]
+    res = _bench(*args, *QUICK)
+    assert res.exit_code != 0 and expected in res.output and "Traceback" not in res.output

@@ -48,3 +48,34 @@ def test_q5_0_experts_widen_and_run_on_the_gguf_moe_kernel():
         a = x.float() @ wgu[ex].t()
         ref += wts[0, j] * ((torch.nn.functional.silu(a[:, :i]) * a[:, i:]) @ wdn[ex].t())
     assert rel_err(out, ref) < 4e-3
+
+
+def test_q5_0_shared_expert_is_widened_and_fused():
+    """llama-quantize leaves a shared expert's down projection in Q5_0 at times (rows that do not
+    fill a Q4_K block); it is widened like the routed stacks and rides in the same launches."""
+    from imp_core.fast.experts import bind_experts
+
+    g = torch.Generator().manual_seed(7)
+    e, i, h, si = 3, 32, 64, 32
+    q = lambda w, t: QTensor(f"gguf:{t}", torch.from_numpy(quantize_gguf(w, t)), tuple(w.shape))  # noqa: E731
+    gate_up = q(torch.randn(e, 2 * i, h, generator=g) * 0.05, "Q8_0")
+    down = q(torch.randn(e, h, i, generator=g) * 0.05, "Q8_0")
+    s_gu = q(torch.randn(2 * si, h, generator=g) * 0.05, "Q8_0")
+    s_dn = q(torch.randn(h, si, generator=g) * 0.05, "Q5_0")
+    fe = bind_experts(gate_up, down, act="silu", top_k=2, shared=(s_gu, s_dn))
+    assert fe.shared_fused and "shared expert fused" in fe.reason
+    x = torch.randn(1, h, generator=g).to(torch.bfloat16)
+    ids = torch.tensor([[1, 2]], dtype=torch.int32)
+    wts = torch.tensor([[0.3, 0.7]])
+    logit = torch.tensor([0.4])
+    out = torch.full((1, h), float("nan"), dtype=torch.bfloat16)
+    fe(x, ids, wts, out, shared_gate_logit=logit)
+
+    def mlp(a_w, d_w, inter):
+        a = x.float() @ a_w.t()
+        return (torch.nn.functional.silu(a[:, :inter]) * a[:, inter:]) @ d_w.t()
+
+    wgu, wdn = gate_up.dequantize(torch.float32), down.dequantize(torch.float32)
+    ref = sum(wts[0, j] * mlp(wgu[ex], wdn[ex], i) for j, ex in enumerate(ids[0].tolist()))
+    ref = ref + torch.sigmoid(logit) * mlp(s_gu.dequantize(torch.float32), s_dn.dequantize(torch.float32), si)
+    assert rel_err(out, ref) < 4e-3

@@ -49,6 +49,19 @@ def to_json(bench, result: BenchResult, *, device: torch.device, copy_bw: float,
             "profile": result.profile}
 
 
+def add_peer(report: dict[str, Any], name: str, peer: dict[str, Any]) -> None:
+    """Put a peer's figures beside imp's, with imp/peer ratios where the same point was measured."""
+    ours = {p["tokens"]: p["tok_s"] for p in report["prefill"]}
+    for p in peer["prefill"]:
+        if p["tokens"] in ours:
+            p["imp_ratio"] = ours[p["tokens"]] / p["tok_s"]
+    d = peer.get("decode")
+    if d and report["decode"]:
+        first = report["decode"][0]  # imp's shortest context is the closest to the peer's short prompt
+        d["imp_ratio"], d["imp_context"] = first["tok_s_median"] / d["tok_s_median"], first["context"]
+    report.setdefault("peers", {})[name] = peer
+
+
 def text(report: dict[str, Any]) -> str:
     m = report["machine"]
     lines = [f"imp bench on {m.get('gpu', m['device'])} (torch {m['torch']}, numba {m.get('numba', '-')}); "
@@ -72,4 +85,18 @@ def text(report: dict[str, Any]) -> str:
         for p in report["profile"]:
             lines.append(f"                         {p['us_per_step']:>9.1f} {p['launches_per_step']:>8.1f} "
                          f"{p['share']:>6.1%}  {p['op'][:70]}")
+    for name, peer in report.get("peers", {}).items():
+        lines.append(f"peer {name} {peer.get('transformers', '')} ({peer['class']}, {peer['dtype'].replace('torch.', '')}, "
+                     f"same shapes, random weights)")
+        for p in peer["prefill"]:
+            ratio = p.get("imp_ratio")
+            lines.append(f"  prefill {p['tokens']:>6} tokens {p['tok_s']:>10.1f} tok/s"
+                         + (f"   imp/{name} {ratio:.2f}x" if ratio else ""))
+        d = peer.get("decode")
+        if d:
+            how = "static cache + torch.compile" if d["compiled"] else "static cache, eager"
+            lines.append(f"  decode {d['tokens']} tokens after a {d['prompt']}-token prompt ({how}): "
+                         f"{d['tok_s_median']:.1f} tok/s"
+                         + (f"   imp/{name} {d['imp_ratio']:.2f}x (imp at context {d['imp_context']})"
+                            if d.get("imp_ratio") else ""))
     return "\n".join(lines)

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Optional
 
+import torch
 import typer
 
 from imp_core.errors import ConfigError
@@ -33,6 +34,7 @@ def bench_command(
     repeat: int = typer.Option(3, "--repeat", help="measurements per point (median, min, max)"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="also write the report as JSON"),
     profile: bool = typer.Option(False, "--profile", help="per-op breakdown of one decode step"),
+    peer: Optional[str] = typer.Option(None, "--peer", help="also measure a peer on the same shapes: transformers"),
     list_presets: bool = typer.Option(False, "--list", help="the presets and formats, then exit"),
     device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda or cuda:N"),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="auto (bf16 on CUDA, fp32 on the CPU), bfloat16, ..."),
@@ -62,6 +64,11 @@ def bench_command(
         if decode < 1 or repeat < 1:
             raise ConfigError("--decode and --repeat must be at least 1")
         lengths, contexts = _ints(prefill, "--prefill"), _ints(context, "--context")
+        if peer is not None and peer != "transformers":
+            raise ConfigError(f"--peer: the only peer is 'transformers' (got '{peer}'); llama.cpp's is a GPU-machine "
+                              f"script (see bench/results)")
+        if peer is not None and preset is None:
+            raise ConfigError("--peer transformers needs --preset (the peer is built from the preset's config)")
         from imp_core.bench import model as bench_model
         from imp_core.bench import report, roofline, runner
         from imp_core.run.session import resolve_device
@@ -82,8 +89,19 @@ def bench_command(
             result.profile = runner.profile_step(bench, contexts[0] if contexts else 128)
         args = {"model": str(model) if model else None, "preset": preset, "format": fmt if preset else None,
                 "prefill": lengths, "decode": decode, "context": contexts, "path": path, "graphs": graphs,
-                "repeat": repeat}
+                "repeat": repeat, "peer": peer}
         data = report.to_json(bench, result, device=dev, copy_bw=roofline.copy_bandwidth(dev), args=args)
+        if peer is not None:
+            from imp_core.bench import peer_transformers
+
+            del bench  # the peer gets the device memory imp's model held
+            import gc
+
+            gc.collect()
+            if dev.type == "cuda":
+                torch.cuda.empty_cache()
+            report.add_peer(data, "transformers", peer_transformers.measure(
+                bench_presets.find_preset(plugins, preset), dev, prefill=lengths, decode=decode, repeat=repeat))
         typer.echo(report.text(data))
         if json_out is not None:
             json_out.write_text(json.dumps(data, indent=1, default=str))

@@ -148,6 +148,10 @@ class Family(ABC):
         """Named real-shape (and mini) configs for ``imp bench --preset`` (config.json-like dicts)."""
         return {}
 
+    #: transformers' (text config class, causal-LM class) for this family's presets, for
+    #: ``imp bench --peer transformers``; None: no transformers peer
+    transformers_classes: tuple[str, str] | None = None
+
     def format_mixes(self) -> dict[str, dict[str, str]]:
         """How published checkpoints store this family's weights, by format name (``bf16``,
         ``nvfp4``, ``fp8``, ``gguf-q4_k_m``, ...): tensor role or name fragment -> qtype, for random

@@ -23,6 +23,7 @@ def _itemsize(dtype: torch.dtype) -> int:
 
 class Gemma4Family(Family):
     name = FAMILY
+    transformers_classes = ("Gemma4TextConfig", "Gemma4ForCausalLM")
 
     def parse_config(self, checkpoint: Checkpoint) -> Gemma4Config:
         return load_config(checkpoint)

@@ -14,6 +14,7 @@ from imp_mistral.config import MistralConfig, load_config
 
 class MistralFamily(Family):
     name = "mistral"
+    transformers_classes = ("MistralConfig", "MistralForCausalLM")
 
     def parse_config(self, checkpoint: Checkpoint) -> MistralConfig:
         return load_config(checkpoint)

@@ -33,6 +33,7 @@ def _count(n: int, noun: str) -> str:
 
 class Qwen36Family(Family):
     name = "qwen36"
+    transformers_classes = ("Qwen3_5MoeTextConfig", "Qwen3_5MoeForCausalLM")
     skip_prefixes = ("mtp.",)  # the multi-token-prediction head (transformers ignores it too)
 
     def parse_config(self, checkpoint: Checkpoint) -> Qwen36Config:
