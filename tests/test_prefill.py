@@ -151,3 +151,13 @@ def test_walk_finds_nested_layers_once():
             self.me = self
 
     assert len(list(iter_instances(Holder(), (Linear,)))) == 2
+
+
+def test_prefill_chunk_from_the_memory_plan():
+    from imp_core.run.preflight import SMALLEST_PREFILL_CHUNK, choose_prefill_chunk
+
+    assert choose_prefill_chunk(None, 0, 10, 2048)[0] == 2048
+    assert choose_prefill_chunk(10 * 2**30, 0, 2**20, 2048)[0] == 2048  # 2 GiB of transients in 5 GiB
+    chunk, why = choose_prefill_chunk(2 * 2**30, 0, 2**20, 2048)  # 1 GiB budget: 1024 tokens
+    assert chunk == 1024 and "2048 tokens would need 2.0 GiB" in why
+    assert choose_prefill_chunk(2**20, 0, 2**20, 2048)[0] == SMALLEST_PREFILL_CHUNK

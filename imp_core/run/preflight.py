@@ -64,6 +64,8 @@ class MemoryPlan:
     cache: int
     workspace: int
     free: int | None  # None: the free memory of this device is unknown
+    prefill_chunk: int = 2048  # tokens a prefill forward takes at once
+    prefill_chunk_reason: str = ""
 
     @property
     def total(self) -> int:
@@ -72,7 +74,9 @@ class MemoryPlan:
     def describe(self) -> str:
         free = "unknown" if self.free is None else human_bytes(self.free)
         return (f"{human_bytes(self.total)} planned (weights {human_bytes(self.weights)}, cache "
-                f"{human_bytes(self.cache)}, workspace {human_bytes(self.workspace)}); {free} free on {self.device}")
+                f"{human_bytes(self.cache)}, workspace {human_bytes(self.workspace)}); {free} free on {self.device}; "
+                f"prefill chunks of {self.prefill_chunk} tokens"
+                + (f" ({self.prefill_chunk_reason})" if self.prefill_chunk_reason else ""))
 
 
 def _loaded_bytes(info: TensorInfo, quantized: bool, dtype: torch.dtype) -> int:
@@ -100,6 +104,28 @@ def free_bytes(device: torch.device) -> int | None:
     return None
 
 
+#: head dims torch's fused SDPA kernels take on CUDA; wider heads (Gemma-4's 512-wide global
+#: layers) may fall back to the math kernel, which holds a chunk's scores against the whole cache
+FUSED_SDPA_MAX_HEAD_DIM = 256
+SMALLEST_PREFILL_CHUNK = 128
+
+
+def choose_prefill_chunk(free: int | None, fixed: int, per_token: int, largest: int) -> tuple[int, str]:
+    """(tokens per prefill chunk, reason): the largest power-of-two halving of ``largest`` whose
+    transient memory (``per_token`` bytes a token) fits in half of what the weights, the cache
+    and the fixed workspace (``fixed``) leave free."""
+    if free is None:
+        return largest, "free memory unknown"
+    budget = (free - fixed) // 2
+    chunk = largest
+    while chunk > SMALLEST_PREFILL_CHUNK and chunk * per_token > budget:
+        chunk //= 2
+    if chunk == largest:
+        return chunk, f"{human_bytes(chunk * per_token)} of prefill transients fit"
+    return chunk, (f"{largest} tokens would need {human_bytes(largest * per_token)} of prefill transients; "
+                   f"{human_bytes(max(budget, 0))} is half of what is left")
+
+
 def plan_memory(insp: Any, tensors: dict[str, TensorInfo], prompt_tokens: int) -> MemoryPlan:
     from imp_core.run.generator import PREFILL_CHUNK
 
@@ -109,17 +135,19 @@ def plan_memory(insp: Any, tensors: dict[str, TensorInfo], prompt_tokens: int) -
                    if s in insp.checkpoint.tensors)
     cache = insp.family.cache_bytes(insp.config, insp.dtype, insp.context)
     info = insp.info
-    chunk = max(1, min(prompt_tokens, PREFILL_CHUNK))
     heads = max((a.num_heads for a in info.attention_layers), default=1)
     elsize = torch.empty(0, dtype=insp.dtype).element_size()
     # the eager path (and torch's CPU math fallback) holds a chunk's scores against the whole cache;
-    # CUDA's fused SDPA kernels hold no score matrix
-    scores = any(a.backend == "eager" for a in insp.attention) or insp.device.type == "cpu"
-    workspace = (info.vocab_size * 4 * 8  # fp32 logits and the sampler's sort/mask buffers
-                 + chunk * info.hidden_size * elsize * 16  # one chunk's activations, generously
-                 + (chunk * insp.context * heads * 4 if scores else 0)
-                 + WORKSPACE_MARGIN)
-    return MemoryPlan(insp.device, weights, cache, workspace, free_bytes(insp.device))
+    # CUDA's fused SDPA kernels hold none, for the head dims they take
+    wide = any(max(a.head_dim, a.v_head_dim or 0) > FUSED_SDPA_MAX_HEAD_DIM for a in info.attention_layers)
+    scores = any(a.backend == "eager" for a in insp.attention) or insp.device.type == "cpu" or wide
+    per_token = info.hidden_size * elsize * 16 + (insp.context * heads * 4 if scores else 0)
+    fixed = info.vocab_size * 4 * 8 + WORKSPACE_MARGIN  # fp32 logits and the sampler's sort/mask buffers
+    free = free_bytes(insp.device)
+    chunk, why = choose_prefill_chunk(None if free is None else free - weights - cache, fixed, per_token,
+                                      PREFILL_CHUNK)
+    planned = max(1, min(prompt_tokens, chunk))
+    return MemoryPlan(insp.device, weights, cache, fixed + planned * per_token, free, chunk, why)
 
 
 def check_memory(plan: MemoryPlan, context_source: str) -> None:

@@ -20,7 +20,7 @@ from imp_core.checkpoint.base import Checkpoint
 from imp_core.checkpoint.open import open_checkpoint
 from imp_core.errors import ConfigError, DeviceError, QuantError
 from imp_core.model.family import CausalLM, Family
-from imp_core.run.generator import Generator
+from imp_core.run.generator import PREFILL_CHUNK, Generator
 from imp_core.run.sampling import Sampler, SamplingParams
 from imp_core.plugin.attention_registry import AttentionBackend
 from imp_core.plugin.plan_types import ArchitectureSpec, AttentionChoice, ModelInfo, PhaseDecision
@@ -228,7 +228,8 @@ class Session:
         graphs as ``runtime.cuda_graphs`` says unless ``cuda_graphs`` is given."""
         insp = self.inspection
         graphs = insp.settings.settings.runtime.cuda_graphs if cuda_graphs is None else cuda_graphs
-        return Generator(self.model, context or insp.context, cuda_graphs=graphs,
+        chunk = insp.memory.prefill_chunk if insp.memory is not None else PREFILL_CHUNK
+        return Generator(self.model, context or insp.context, cuda_graphs=graphs, prefill_chunk=chunk,
                          decoder=self.fast.decoder if self.fast is not None else None)
 
     def sampler(self, params: SamplingParams) -> Sampler:
@@ -262,7 +263,6 @@ def renames(insp: Inspection) -> tuple[Any, Any]:
 def build_model(insp: Inspection, *, progress: bool = True) -> CausalLM:
     """Read the weights and build the model the inspection planned; log what Phase 0 did."""
     from imp_core.model.phases import PhasePipeline
-    from imp_core.run.generator import PREFILL_CHUNK
     from imp_core.run.prefill_plan import prefill_summary
 
     rename, transform = renames(insp)
@@ -277,7 +277,8 @@ def build_model(insp: Inspection, *, progress: bool = True) -> CausalLM:
     model.set_attention_backends(insp.attention_backends)
     pipeline.run_after_build(model)
     insp.load_report = pipeline.report()
-    insp.load_report.append(("prefill", prefill_summary(model, PREFILL_CHUNK)))
+    chunk = insp.memory.prefill_chunk if insp.memory is not None else PREFILL_CHUNK
+    insp.load_report.append(("prefill", prefill_summary(model, chunk)))
     for label, text in insp.load_report:
         logger.info("{}: {}", label, text)
     return model
