@@ -104,7 +104,7 @@ def choose_dequant(setting: str, dense: int, available: int | None, keep_packed:
     if setting in ("load", "on_the_fly"):
         return setting, f"quant.dequant = {setting}"
     if keep_packed:
-        return "on_the_fly", "the decode fast path reads the packed weights (prefill dequantises per layer)"
+        return "on_the_fly", "the decode fast path reads the packed weights (prefill: the form phase 3b gives them)"
     if available is None:
         return "load", f"dense copy {human_bytes(dense)}; free memory unknown"
     if dense <= AUTO_LOAD_FRACTION * available:
