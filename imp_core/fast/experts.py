@@ -62,14 +62,19 @@ class FastExperts:
 def _expert_bytes(w: Any) -> int:
     if isinstance(w, torch.Tensor):
         return w[0].numel() * w.element_size()
+    if isinstance(w, TiledNVFP4Stack):  # the packed bytes it stands for: codes, e4m3 scales, global
+        n, k = w.shape[1], w.shape[2]
+        return n * k // 2 + n * k // 16 + w.glob.numel() * 4 // w.shape[0]
     tensors = [w.data, *w.scales.values()]
     e = w.shape[0]
     return sum(t.numel() * t.element_size() for t in tensors) // e
 
 
-def _nvfp4_stack(qt: QTensor):
+def _nvfp4_stack(qt: Any):
     from imp_kernels import repack
 
+    if isinstance(qt, TiledNVFP4Stack):  # bound before: its tiled buffers are the kernel's form
+        return qt.codes, qt.scales, qt.glob
     codes, scales = repack.nvfp4_experts_tile(qt.data, qt.scales["block"].view(torch.uint8))
     g = qt.scales["global"].float().contiguous()
     return codes, scales, g
@@ -107,6 +112,48 @@ def _bind_nvfp4(gate_up: QTensor, down: QTensor, act: str, top_k: int, shared) -
     return FastExperts("nvfp4", "nvfp4 experts: one contiguous tiled buffer per projection (phase 3-MoE), "
                        "moe_nvfp4 with device-side ids" + (", shared expert fused" if fused else ""),
                        top_k, inter, run, per_token, {"gate_up": gu, "down": dn}, shared_fused=fused is not None)
+
+
+class TiledNVFP4Stack:
+    """An NVFP4 expert stack kept only in the decode kernels' tiled buffers (phase 3-MoE). The
+    reference path (prefill without phase 3b copies, ``imp check``) dequantises it from them with
+    ``imp_kernels.dequant_nvfp4``: the same values as the packed stack it replaces."""
+
+    qtype = "nvfp4"
+
+    def __init__(self, tiled: tuple[torch.Tensor, torch.Tensor, torch.Tensor], shape: tuple[int, ...],
+                 meta: dict[str, Any]) -> None:
+        self.codes, self.scales, self.glob = tiled
+        self.shape = torch.Size(shape)
+        self.meta = meta
+
+    @property
+    def name(self) -> str:
+        return str(self.meta.get("name") or "")
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.codes, self.scales, self.glob))
+
+    def dequantize(self, dtype: torch.dtype = torch.float32, device: Any = None) -> torch.Tensor:
+        from imp_kernels.dequant_nvfp4 import nvfp4_tiled_dequant
+
+        kernel_dtype = dtype if dtype in (torch.bfloat16, torch.float32) else torch.float32
+        dense = nvfp4_tiled_dequant(self.codes, self.scales, self.glob, self.shape[1], self.shape[2], kernel_dtype)
+        dense = dense if dense.dtype == dtype else dense.to(dtype)
+        return dense if device is None else dense.to(device)
+
+
+def release_packed_stacks(experts: Any, fast: FastExperts) -> None:
+    """Phase 3-MoE's memory half: once a layer's NVFP4 stacks live in their tiled buffers, the
+    reference ``Experts`` reads them from there and the checkpoint-layout stacks are dropped, layer
+    by layer as the family binds (one copy of the experts, peak about one layer above it)."""
+    if fast.kind != "nvfp4":
+        return
+    for attr in ("gate_up", "down"):
+        old = getattr(experts, attr)
+        setattr(experts, attr, TiledNVFP4Stack(fast.tensors[attr], tuple(old.shape), dict(getattr(old, "meta", {}))))
+    fast.reason += "; the checkpoint-layout stacks released (the reference path dequantises the tiled ones)"
 
 
 def _select(qt: Any, ids: torch.Tensor) -> Any:

@@ -15,7 +15,7 @@ import torch
 
 from imp_core.fast import ops
 from imp_core.fast.blocks import FastGatedMLP, FusedProjection
-from imp_core.fast.experts import bind_experts
+from imp_core.fast.experts import bind_experts, release_packed_stacks
 from imp_core.fast.linear import bind_linear
 from imp_core.fast.model import Decoder, FastModel, group_choices
 from imp_core.layers.linear import dense_weight
@@ -36,6 +36,7 @@ class _Layer:
             self.per_expert_scale = r.per_expert_scale.to(torch.bfloat16).contiguous()
             self.experts = bind_experts(layer.experts.gate_up, layer.experts.down, act=cfg.hidden_activation,
                                         top_k=r.k)
+            release_packed_stacks(layer.experts, self.experts)
 
     @property
     def nbytes(self) -> int:

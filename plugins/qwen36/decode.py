@@ -15,7 +15,7 @@ import torch
 
 from imp_core.fast import ops
 from imp_core.fast.blocks import FastGatedMLP, FusedProjection
-from imp_core.fast.experts import bind_experts
+from imp_core.fast.experts import bind_experts, release_packed_stacks
 from imp_core.fast.linear import bind_linear, fuse_rows, select_rows
 from imp_core.fast.model import Decoder, FastModel, group_choices
 from imp_core.layers.linear import Linear, dense_weight
@@ -86,6 +86,7 @@ class _Moe:
         shared = mlp.shared
         self.experts = bind_experts(mlp.experts.gate_up, mlp.experts.down, act=cfg.hidden_act, top_k=mlp.top_k,
                                     shared=(fuse_rows([shared.gate.weight, shared.up.weight]), shared.down.weight))
+        release_packed_stacks(mlp.experts, self.experts)
         self.shared_gate = bind_linear(mlp.shared_gate.weight, name="shared_expert_gate")
         self.shared = None if self.experts.shared_fused else FastGatedMLP(shared.gate, shared.up, shared.down,
                                                                           cfg.hidden_act)
