@@ -50,9 +50,11 @@ def test_moe_strategy_rule():
 
 
 def test_gated_delta_prefill_rule():
-    assert prefill_rule("cuda", True)[0] == "fla"
-    assert prefill_rule("cuda", False)[0] == "torch-chunk" and "imp[cuda]" in prefill_rule("cuda", False)[1]
-    assert prefill_rule("cpu", True)[0] == "torch-chunk"
+    bf16, f32 = torch.bfloat16, torch.float32
+    assert prefill_rule("cuda", bf16, True)[0] == "fla"
+    assert prefill_rule("cuda", f32, True)[0] == "torch-chunk"  # fla refuses float32 inputs
+    assert "imp[cuda]" in prefill_rule("cuda", bf16, False)[1] and prefill_rule("cuda", bf16, False)[0] == "torch-chunk"
+    assert prefill_rule("cpu", bf16, True)[0] == "torch-chunk"
 
 
 def test_prefill_form_rule():
@@ -161,3 +163,50 @@ def test_prefill_chunk_from_the_memory_plan():
     chunk, why = choose_prefill_chunk(2 * 2**30, 0, 2**20, 2048)  # 1 GiB budget: 1024 tokens
     assert chunk == 1024 and "2048 tokens would need 2.0 GiB" in why
     assert choose_prefill_chunk(2**20, 0, 2**20, 2048)[0] == SMALLEST_PREFILL_CHUNK
+
+
+def test_wide_heads_take_the_expanded_causal_call(monkeypatch):
+    """Heads wider than flash takes (Gemma-4's 512) go unmasked with expanded K/V heads (no
+    enable_gqa, which would force torch's math kernel); same result as the masked reference."""
+    import torch.nn.functional as F
+
+    g = torch.Generator().manual_seed(4)
+    q = torch.randn(1, 4, 9, 320, generator=g)
+    k = torch.randn(1, 2, 9, 320, generator=g)
+    v = torch.randn(1, 2, 9, 320, generator=g)
+    pos = torch.arange(9)
+    seen = []
+    real = F.scaled_dot_product_attention
+
+    def spy(*a, **kw):
+        seen.append((a[1].shape[1], kw.get("is_causal"), kw.get("enable_gqa", False), kw.get("attn_mask")))
+        return real(*a, **kw)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
+    got = sdpa_attention(q, k, v, pos, pos, scale=0.05)
+    assert seen == [(4, True, False, None)]
+    assert _rel(got, eager_attention(q, k, v, pos, pos, scale=0.05)) < 1e-5
+
+
+def test_grouped_experts_count_without_bincount(monkeypatch):
+    """torch.bincount reads min/max on the host on CUDA; the grouped path must not call it."""
+    def no_bincount(*a, **kw):
+        raise AssertionError("bincount syncs with the host on CUDA")
+
+    monkeypatch.setattr(torch, "bincount", no_bincount)
+    g = torch.Generator().manual_seed(8)
+    ex = Experts(torch.randn(8, 16, 32, generator=g), torch.randn(8, 32, 8, generator=g))
+    x, ids, w = torch.randn(9, 32, generator=g), torch.randint(0, 8, (9, 2), generator=g), torch.rand(9, 2, generator=g)
+    assert _rel(ex.grouped(x, ids, w), ex.loop(x, ids, w)) < 1e-6
+
+
+def test_phase_3b_reserves_the_cache(monkeypatch):
+    import imp_core.model.phases as phases
+
+    model, _ = _mini("mistral-mini", "nvfp4")
+    free = 4 * 2**30
+    monkeypatch.setattr(phases, "available_memory", lambda device: free)
+    line = build_prefill_forms(model, roles=None, dtype=model.dtype, device=torch.device("cpu"), reserve=free - 2**20)
+    assert line.startswith("per-layer dequant")  # what the cache will take is not offered to the copies
+    assert not [lin for lin in iter_instances(model, (Linear,)) if lin.prefill_dense]
+    assert build_prefill_forms(model, roles=None, dtype=model.dtype, device=torch.device("cpu")).startswith("dense")

@@ -50,7 +50,7 @@ def _spec_bytes(spec: dict, formats, dtype: torch.dtype) -> dict[str, tuple[tupl
     return out
 
 
-def _later_phases(plugins, model, info, spec, formats, settings, device, dtype, fast: bool
+def _later_phases(plugins, model, info, spec, formats, settings, device, dtype, fast: bool, reserve: int
                   ) -> list[tuple[str, str]]:
     """Phase 3b on the preset's packed weights, decided by the same policy as for a checkpoint
     (3a and 3-MoE happen at fast-path binding); returns the plan lines."""
@@ -65,7 +65,8 @@ def _later_phases(plugins, model, info, spec, formats, settings, device, dtype, 
     lines = []
     for d in policy.plan_phases(plugins.hook, info, settings, device, fast):
         if d.phase == "3b" and d.enabled and device.type == "cuda":
-            lines.append(("phase 3b", build_prefill_forms(model, roles=d.roles, dtype=dtype, device=device)))
+            lines.append(("phase 3b", build_prefill_forms(model, roles=d.roles, dtype=dtype, device=device,
+                                                          reserve=reserve)))
         elif d.phase == "3b":
             lines.append(("phase 3b", f"{'on' if d.enabled else 'off'} - {d.reason}"
                                       + (" (dense copies are made on CUDA only)" if d.enabled else "")))
@@ -74,7 +75,9 @@ def _later_phases(plugins, model, info, spec, formats, settings, device, dtype, 
 
 
 def build_preset(plugins, preset: Preset, fmt: str, settings, device: torch.device, dtype: torch.dtype,
-                 path: str, *, progress: bool = True) -> BenchModel:
+                 path: str, *, progress: bool = True, context: int = 0) -> BenchModel:
+    """``context``: the longest sequence the benchmark will hold (its cache is reserved before
+    Phase 3b decides on dense prefill copies)."""
     from imp_core.fast.model import bind_fast_path
     from imp_core.model.synthetic import SyntheticWeights
     from imp_core.model.synthetic_quant import mix_formats
@@ -100,7 +103,8 @@ def build_preset(plugins, preset: Preset, fmt: str, settings, device: torch.devi
                                       dtype, not reasons)
     model.set_attention_backends({ly.index: plugins.attention[c.backend]
                                   for ly, c in zip(info.attention_layers, choices)})
-    phase_lines = _later_phases(plugins, model, info, spec, formats, settings, device, dtype, not reasons)
+    reserve = family.cache_bytes(cfg, dtype, context) if context else 0
+    phase_lines = _later_phases(plugins, model, info, spec, formats, settings, device, dtype, not reasons, reserve)
     fast = bind_fast_path(family, model) if not reasons else None
     sync(device)
     plan = [("model", f"preset {preset.name} ({info.architecture}), random weights, format {fmt}"),

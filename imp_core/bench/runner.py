@@ -52,13 +52,18 @@ def _ids(n: int, vocab: int) -> list[int]:
     return torch.randint(3, vocab, (n,), generator=g).tolist()
 
 
+def capacity(prefill: list[int], contexts: list[int], decode: int) -> int:
+    """Tokens the benchmark's cache holds: the longest prompt or context plus the decoded tokens."""
+    return max([*prefill, *contexts, 1]) + decode + 2
+
+
 def measure(bench, *, prefill: list[int], contexts: list[int], decode: int, repeat: int, graphs: bool
             ) -> BenchResult:
     model = bench.model
     device = model.device
     out = BenchResult()
-    capacity = max([*prefill, *contexts, 1]) + decode + 2
-    gen = Generator(model, capacity, cuda_graphs=graphs and device.type == "cuda",
+    capacity_tokens = capacity(prefill, contexts, decode)
+    gen = Generator(model, capacity_tokens, cuda_graphs=graphs and device.type == "cuda",
                     decoder=bench.fast.decoder if bench.fast is not None else None)
     sampler = _sampler(bench, device)
     if prefill:  # one untimed prefill first: kernel compilation, cuBLAS and allocator warm-up

@@ -79,7 +79,8 @@ def bench_command(
             want = resolved.settings.runtime.dtype
             dt = DTYPES[want] if want != "auto" else (DTYPES["float32"] if dev.type == "cpu" else DTYPES["bfloat16"])
             bench = bench_model.build_preset(plugins, bench_presets.find_preset(plugins, preset), fmt,
-                                             resolved.settings, dev, dt, path)
+                                             resolved.settings, dev, dt, path,
+                                             context=runner.capacity(lengths, contexts, decode))
         else:
             bench = bench_model.load_checkpoint(plugins, model, resolved, path)
             dev = bench.model.device

@@ -48,6 +48,9 @@ def eager_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_pos: to
     return torch.matmul(probs, v)
 
 
+FLASH_MAX_HEAD_DIM = 256  # the widest head torch's flash-attention kernel takes
+
+
 def is_fresh_causal(t: int, s: int, window: int | None) -> bool:
     """Whether a call's visibility is exactly the causal triangle, known from shapes alone: the
     cache hands over as many keys as queries only when they are the chunk's own keys from
@@ -61,8 +64,14 @@ def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_pos: tor
     mask (is_causal, grouped heads not expanded), which lets torch take its flash kernel; any
     other call carries the position mask (memory-efficient or math kernel)."""
     if is_fresh_causal(q.shape[2], k.shape[2], window):
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale,
-                                              enable_gqa=q.shape[1] != k.shape[1])
+        if max(q.shape[-1], v.shape[-1]) <= FLASH_MAX_HEAD_DIM:
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale,
+                                                  enable_gqa=q.shape[1] != k.shape[1])
+        # wider heads have no flash kernel, and with enable_gqa torch would take its math kernel
+        # (a full score matrix): expanded heads let the memory-efficient kernel serve them
+        n_rep = q.shape[1] // k.shape[1]
+        return F.scaled_dot_product_attention(q, repeat_kv(k, n_rep), repeat_kv(v, n_rep), is_causal=True,
+                                              scale=scale)
     k, v, mask = _masked_inputs(q, k, v, q_pos, key_pos, window)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
 

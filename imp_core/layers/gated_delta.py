@@ -158,10 +158,15 @@ def fla_installed() -> bool:
     return _FLA[0]
 
 
-def prefill_rule(device_type: str, fla_ok: bool) -> tuple[str, str]:
+FLA_DTYPES = (torch.bfloat16, torch.float16)  # fla's chunked kernel refuses float32 inputs
+
+
+def prefill_rule(device_type: str, dtype: torch.dtype, fla_ok: bool) -> tuple[str, str]:
     """(rule, reason) for multi-token steps of the gated delta rule."""
-    if device_type == "cuda" and fla_ok:
+    if device_type == "cuda" and fla_ok and dtype in FLA_DTYPES:
         return "fla", "flash-linear-attention's Triton chunked kernel (the cuda extra is installed)"
+    if device_type == "cuda" and fla_ok:
+        return "torch-chunk", f"chunked rule in torch ops (flash-linear-attention takes bf16/fp16, the run is {dtype})"
     if device_type == "cuda":
         return "torch-chunk", "chunked rule in torch ops (install imp[cuda] for flash-linear-attention's kernel)"
     return "torch-chunk", "chunked rule in torch ops (the reference)"

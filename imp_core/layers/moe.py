@@ -8,7 +8,7 @@ gate, I..2I-1 are up) and ``down`` [E, H, I]. Two execution strategies compute t
   experts' bytes, like the real decode.
 - ``grouped`` (prefill on CUDA): the (token, expert) pairs sorted by expert on the device and
   each projection done as one grouped GEMM (``torch._grouped_mm``, offsets from a device-side
-  bincount): no host sync, every expert's rows in one launch;
+  count by scatter-add): no host sync, every expert's rows in one launch;
 - ``loop`` (prefill elsewhere, the CPU reference): loop over the experts that received tokens
   (a host sync to find them).
 
@@ -113,7 +113,8 @@ class Experts:
 
     def __call__(self, x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """x [N, H], ids [N, k], weights [N, k] -> [N, H] in x's dtype."""
-        grouped_ok = x.is_cuda and grouped_mm_available(x.device, x.dtype)
+        # probed only for multi-token calls: the probe allocates and syncs once (never in a decode step)
+        grouped_ok = x.shape[0] > GATHER_MAX_TOKENS and x.is_cuda and grouped_mm_available(x.device, x.dtype)
         strategy, _ = moe_strategy(x.shape[0], x.device.type, grouped_ok)
         return getattr(self, strategy)(x, ids, weights)
 
@@ -134,7 +135,10 @@ class Experts:
         n, k = ids.shape
         flat = ids.reshape(-1)
         order = torch.argsort(flat, stable=True)
-        offs = torch.bincount(flat, minlength=self.num_experts).cumsum(0).to(torch.int32)
+        # counts by scatter_add: torch.bincount on CUDA reads the ids' min and max on the host
+        counts = torch.zeros(self.num_experts, dtype=torch.int64, device=x.device)
+        counts.scatter_add_(0, flat, torch.ones_like(flat))
+        offs = counts.cumsum(0).to(torch.int32)
         gu = torch._grouped_mm(x[order // k], gate_up.transpose(-2, -1), offs=offs)  # [N*k, 2I]
         h = self.act(gu[:, :self.intermediate]) * gu[:, self.intermediate:]
         y_sorted = torch._grouped_mm(h, down.transpose(-2, -1), offs=offs)  # [N*k, H]

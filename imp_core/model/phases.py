@@ -44,7 +44,7 @@ def _phase_3b(model: Any, pipeline: "PhasePipeline") -> str:
 
     decision = pipeline.decisions.get("3b")
     return build_prefill_forms(model, roles=getattr(decision, "roles", None), dtype=pipeline.dtype,
-                               device=pipeline.device)
+                               device=pipeline.device, reserve=pipeline.reserve)
 
 
 PHASE_IMPLS["3b"] = _phase_3b
@@ -130,7 +130,7 @@ class PhasePipeline:
 
     def __init__(self, decisions: list[PhaseDecision], plan: QuantPlan, *, dequant: str = "auto",
                  dtype: torch.dtype = torch.float32, device: torch.device = torch.device("cpu"),
-                 available: int | None = None, keep_packed: bool = False) -> None:
+                 available: int | None = None, keep_packed: bool = False, reserve: int = 0) -> None:
         self.decisions = {d.phase: d for d in decisions}
         self.plan = plan
         self.dtype = dtype
@@ -139,6 +139,7 @@ class PhasePipeline:
         avail = available if available is not None else (available_memory(device) if plan.tensors else None)
         self.mode, self.mode_reason = choose_dequant(dequant, self.dense_total, avail, keep_packed)
         self.keep_packed = keep_packed
+        self.reserve = reserve  # bytes the run allocates after the phases (cache, workspace)
         self.stats = Phase0Stats()
         self.later: list[tuple[str, str]] = []
 

@@ -11,7 +11,8 @@ operands, while the decode fast path reads the packed bits. Two forms, chosen by
   same blocks, one layer's weight at a time).
 
 Copies are made when their bytes fit in ``COPY_FRACTION`` of the device memory free after
-loading; the values are the same either way (the packed model's own dequantisation).
+loading, less what the run still has to allocate (cache, workspace, the fast path's re-laid-out
+weights); the values are the same either way (the packed model's own dequantisation).
 """
 
 from __future__ import annotations
@@ -39,9 +40,9 @@ def choose_prefill_form(dense_bytes: int, free: int | None) -> tuple[str, str]:
         return "per-layer dequant", f"dense copies would take {human_bytes(dense_bytes)}; free memory unknown"
     if dense_bytes <= COPY_FRACTION * free:
         return "dense copies", (f"{human_bytes(dense_bytes)} of dense copies fit in {COPY_FRACTION:.0%} of the "
-                                f"{human_bytes(free)} free after loading")
+                                f"{human_bytes(free)} free after loading and the cache")
     return "per-layer dequant", (f"dense copies ({human_bytes(dense_bytes)}) exceed {COPY_FRACTION:.0%} of the "
-                                 f"{human_bytes(free)} free after loading")
+                                 f"{human_bytes(free)} free after loading and the cache")
 
 
 def _packed_slots(model: Any, roles: frozenset[str] | None) -> list[tuple[Any, str, QTensor]]:
@@ -64,13 +65,18 @@ def _dense_nbytes(w: QTensor, dtype: torch.dtype) -> int:
 
 
 def build_prefill_forms(model: Any, *, roles: frozenset[str] | None, dtype: torch.dtype,
-                        device: torch.device) -> str:
-    """Phase 3b's implementation: make the chosen form, return the plan line."""
+                        device: torch.device, reserve: int = 0) -> str:
+    """Phase 3b's implementation: make the chosen form, return the plan line. ``reserve``: bytes
+    still to be allocated after this phase (the KV/state cache and the workspace of the memory
+    plan); the packed bytes are reserved too, as an upper bound of what the fast path's binding
+    re-lays out beside them."""
     from imp_core.model.phases import available_memory
 
     slots = _packed_slots(model, roles)
     dense = sum(_dense_nbytes(w, dtype) for _, _, w in slots)
-    form, reason = choose_prefill_form(dense, available_memory(device))
+    packed = sum(w.nbytes for _, _, w in slots)
+    free = available_memory(device)
+    form, reason = choose_prefill_form(dense, None if free is None else max(0, free - reserve - packed))
     if form == "dense copies":
         for owner, attr, w in tqdm(slots, desc="phase 3b: dense prefill copies", leave=False, unit="weight"):
             owner.prefill_dense[attr] = w.dequantize(dtype=dtype)

@@ -104,9 +104,6 @@ def free_bytes(device: torch.device) -> int | None:
     return None
 
 
-#: head dims torch's fused SDPA kernels take on CUDA; wider heads (Gemma-4's 512-wide global
-#: layers) may fall back to the math kernel, which holds a chunk's scores against the whole cache
-FUSED_SDPA_MAX_HEAD_DIM = 256
 SMALLEST_PREFILL_CHUNK = 128
 
 
@@ -138,9 +135,8 @@ def plan_memory(insp: Any, tensors: dict[str, TensorInfo], prompt_tokens: int) -
     heads = max((a.num_heads for a in info.attention_layers), default=1)
     elsize = torch.empty(0, dtype=insp.dtype).element_size()
     # the eager path (and torch's CPU math fallback) holds a chunk's scores against the whole cache;
-    # CUDA's fused SDPA kernels hold none, for the head dims they take
-    wide = any(max(a.head_dim, a.v_head_dim or 0) > FUSED_SDPA_MAX_HEAD_DIM for a in info.attention_layers)
-    scores = any(a.backend == "eager" for a in insp.attention) or insp.device.type == "cpu" or wide
+    # CUDA's fused SDPA kernels (flash, memory-efficient) hold none
+    scores = any(a.backend == "eager" for a in insp.attention) or insp.device.type == "cpu"
     per_token = info.hidden_size * elsize * 16 + (insp.context * heads * 4 if scores else 0)
     fixed = info.vocab_size * 4 * 8 + WORKSPACE_MARGIN  # fp32 logits and the sampler's sort/mask buffers
     free = free_bytes(insp.device)

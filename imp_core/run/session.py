@@ -267,7 +267,8 @@ def build_model(insp: Inspection, *, progress: bool = True) -> CausalLM:
 
     rename, transform = renames(insp)
     pipeline = PhasePipeline(insp.phases, insp.quant_plan, dequant=insp.settings.settings.quant.dequant,
-                             dtype=insp.dtype, device=insp.device, keep_packed=not insp.fast_path_reasons)
+                             dtype=insp.dtype, device=insp.device, keep_packed=not insp.fast_path_reasons,
+                             reserve=insp.memory.cache + insp.memory.workspace if insp.memory is not None else 0)
     weights = WeightStore(insp.checkpoint, device=insp.device, dtype=insp.dtype,
                           quant_plan=insp.quant_plan, extra_skip=insp.family.skip_prefixes,
                           rename=rename, progress=progress, transform=transform, phases=pipeline)

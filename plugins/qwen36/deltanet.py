@@ -87,7 +87,7 @@ class GatedDeltaNet:
         if t == 1:
             rule = recurrent_gated_delta_rule
         else:
-            chosen, _ = prefill_rule(x.device.type, x.is_cuda and fla_installed())
+            chosen, _ = prefill_rule(x.device.type, x.dtype, x.is_cuda and fla_installed())
             rule = fla_chunk if chosen == "fla" else chunk_gated_delta_rule
         o, final = rule(q, k, v, g, beta, state.recurrent)
         state.recurrent.copy_(final)

@@ -60,7 +60,7 @@ class Qwen36Model(CausalLM):
         self.rotary = Rotary(default_inv_freq(cfg.rope_theta, cfg.rotary_dim)).to(self.device)
 
     def prefill_notes(self) -> list[str]:
-        rule, why = prefill_rule(self.device.type, self.device.type == "cuda" and fla_installed())
+        rule, why = prefill_rule(self.device.type, self.dtype, self.device.type == "cuda" and fla_installed())
         return [f"gated delta rule: {rule} ({why})"] if self.cfg.linear_layers else []
 
     def new_cache(self, batch: int, context: int) -> LayerCaches:

@@ -45,7 +45,7 @@ def reference_prefill():
 
     saved = (moe.moe_strategy, dn.prefill_rule, LayerCaches.set_span)
     moe.moe_strategy = lambda n, dev, ok: saved[0](n, "cpu", False)
-    dn.prefill_rule = lambda dev, ok: ("torch-chunk", "reference")
+    dn.prefill_rule = lambda dev, dtype, ok: ("torch-chunk", "reference")
     LayerCaches.set_span = lambda self, span: None
     try:
         yield
