@@ -9,8 +9,10 @@ gate, I..2I-1 are up) and ``down`` [E, H, I]. Two execution strategies compute t
 - ``grouped`` (prefill on CUDA): the (token, expert) pairs sorted by expert on the device and
   each projection done as one grouped GEMM (``torch._grouped_mm``, offsets from a device-side
   count by scatter-add): no host sync, every expert's rows in one launch;
-- ``loop`` (prefill elsewhere, the CPU reference): loop over the experts that received tokens
-  (a host sync to find them).
+- ``gather_blocks`` (prefill on CUDA where torch has no grouped GEMM): ``gather`` over blocks of
+  tokens, still without a host sync (it reads each token's experts, so it is slower than grouped);
+- ``loop`` (prefill on the CPU, the reference): loop over the experts that received tokens (a
+  host sync to find them, free on a CPU).
 
 ``moe_strategy`` is the rule, a pure function of the token count and what the device offers.
 
@@ -29,6 +31,7 @@ from imp_core.layers.linear import dense_weight
 from imp_core.layers.mlp import activation
 
 GATHER_MAX_TOKENS = 4
+GATHER_BLOCK_BYTES = 512 * 2**20  # gathered expert weights per block of ``gather_blocks``
 _GROUPED_OK: dict[tuple[str, torch.dtype], bool] = {}
 
 
@@ -59,7 +62,8 @@ def moe_strategy(tokens: int, device_type: str, grouped_ok: bool) -> tuple[str, 
     if device_type == "cuda" and grouped_ok:
         return "grouped", "tokens sorted by expert on the device, one grouped GEMM per projection (no host sync)"
     if device_type == "cuda":
-        return "loop", "torch._grouped_mm unavailable here: loop over the routed experts (one host sync each)"
+        return "gather_blocks", ("torch._grouped_mm unavailable here: the routed experts' weights gathered per "
+                                 "block of tokens (no host sync; reads each token's experts)")
     return "loop", "reference loop over the routed experts"
 
 
@@ -145,6 +149,16 @@ class Experts:
         y = torch.empty_like(y_sorted)
         y[order] = y_sorted
         return self._combine(y.view(n, k, -1), weights, x.dtype)
+
+    def gather_blocks(self, x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """``gather`` over blocks of tokens sized so the gathered weights stay near
+        ``GATHER_BLOCK_BYTES``: static shapes, no host sync, at the cost of reading each token's
+        experts (the fallback where no grouped GEMM exists)."""
+        n, k = ids.shape
+        per_token = k * 3 * self.intermediate * x.shape[1] * x.element_size()
+        block = max(1, GATHER_BLOCK_BYTES // per_token)
+        return torch.cat([self.gather(x[s:s + block], ids[s:s + block], weights[s:s + block])
+                          for s in range(0, n, block)])
 
     def loop(self, x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         gate_up, down = self._weights(x.dtype)
