@@ -75,6 +75,8 @@ def build_prefill_forms(model: Any, *, roles: frozenset[str] | None, dtype: torc
     slots = _packed_slots(model, roles)
     dense = sum(_dense_nbytes(w, dtype) for _, _, w in slots)
     packed = sum(w.nbytes for _, _, w in slots)
+    if device.type == "cuda":
+        torch.cuda.empty_cache()  # blocks the allocator keeps from loading would read as used
     free = available_memory(device)
     form, reason = choose_prefill_form(dense, None if free is None else max(0, free - reserve - packed))
     if form == "dense copies":
