@@ -10,7 +10,7 @@ import pytest
 
 from tests.cli_util import REPO
 
-SECONDS = {"safetensors": 18, "gguf": 18, "settings": 12}
+SECONDS = {"safetensors": 12, "gguf": 12, "settings": 8}
 
 
 @pytest.mark.parametrize("reader", sorted(SECONDS))
