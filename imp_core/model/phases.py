@@ -180,6 +180,9 @@ class PhasePipeline:
             if phase in ("3a", "3-MoE") and self.keep_packed:
                 self.later.append((f"phase {phase} ran", "at fast-path binding (the 'fast' lines say what each "
                                                          "weight became)"))
+            elif phase == "3b" and self.mode == "load":
+                self.later.append(("phase 3b ran", "no - nothing is packed: the dequant rule made the weights dense "
+                                                   "at load"))
             elif phase == "3b" and self.device.type != "cuda":
                 self.later.append(("phase 3b ran", f"no - dense prefill copies are made on CUDA only; on "
                                                    f"{self.device.type} the reference path dequantises per call"))
