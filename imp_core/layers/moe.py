@@ -125,8 +125,9 @@ class Experts:
     def _combine(self, y: torch.Tensor, weights: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         return (y * weights[..., None]).sum(dim=1).to(dtype)
 
-    def gather(self, x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        gate_up, down = self._weights(x.dtype)
+    def gather(self, x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor,
+               dense: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        gate_up, down = dense if dense is not None else self._weights(x.dtype)
         n, k = ids.shape
         gu = torch.matmul(gate_up[ids], x[:, None, :, None]).squeeze(-1)  # [N, k, 2I]
         g, u = gu[..., :self.intermediate], gu[..., self.intermediate:]
@@ -137,7 +138,7 @@ class Experts:
     def grouped(self, x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         gate_up, down = self._weights(x.dtype)
         n, k = ids.shape
-        flat = ids.reshape(-1)
+        flat = ids.reshape(-1).long()
         order = torch.argsort(flat, stable=True)
         # counts by scatter_add: torch.bincount on CUDA reads the ids' min and max on the host
         counts = torch.zeros(self.num_experts, dtype=torch.int64, device=x.device)
@@ -157,7 +158,8 @@ class Experts:
         n, k = ids.shape
         per_token = k * 3 * self.intermediate * x.shape[1] * x.element_size()
         block = max(1, GATHER_BLOCK_BYTES // per_token)
-        return torch.cat([self.gather(x[s:s + block], ids[s:s + block], weights[s:s + block])
+        dense = self._weights(x.dtype)  # dequantised once for all blocks
+        return torch.cat([self.gather(x[s:s + block], ids[s:s + block], weights[s:s + block], dense)
                           for s in range(0, n, block)])
 
     def loop(self, x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
