@@ -215,3 +215,20 @@ def test_phase_3b_reserves_the_cache(monkeypatch):
     assert line.startswith("per-layer dequant")  # what the cache will take is not offered to the copies
     assert not [lin for lin in iter_instances(model, (Linear,)) if lin.prefill_dense]
     assert build_prefill_forms(model, roles=None, dtype=model.dtype, device=torch.device("cpu")).startswith("dense")
+
+
+def test_gather_blocks_dequantise_a_packed_stack_once(monkeypatch):
+    import imp_core.layers.moe as moe
+    from imp_core.quant.gguf_quantize import quantize_gguf
+
+    monkeypatch.setattr(moe, "GATHER_BLOCK_BYTES", 2 * 3 * 32 * 64 * 4 * 3)  # 3 tokens a block in fp32
+    g = torch.Generator().manual_seed(9)
+    q = lambda w: QTensor("gguf:Q8_0", torch.from_numpy(quantize_gguf(w, "Q8_0")), tuple(w.shape))  # noqa: E731
+    ex = Experts(q(torch.randn(4, 64, 64, generator=g) * 0.1), q(torch.randn(4, 64, 32, generator=g) * 0.1))
+    calls = []
+    real = QTensor.dequantize
+    monkeypatch.setattr(QTensor, "dequantize", lambda self, *a, **kw: calls.append(1) or real(self, *a, **kw))
+    x, ids, w = torch.randn(10, 64, generator=g), torch.randint(0, 4, (10, 2), generator=g), torch.rand(10, 2, generator=g)
+    got = ex.gather_blocks(x, ids, w)
+    assert len(calls) == 2  # gate_up and down, once each for the 4 blocks
+    assert _rel(got, ex.loop(x, ids, w)) < 1e-5
