@@ -22,7 +22,7 @@ k 2t+8..); B regs (k 2t..2t+1, col g), (k 2t+8..2t+9, col g); C/D (row g, cols 2
   ``mma_f16(a0, a1, a2, a3, b0, b1, c0, c1, c2, c3)`` and ``mma_bf16(...)`` -> 4 float32.
 Conversions: ``cvt_f16x2_e4m3x2(w)`` (low 16 bits = two e4m3 bytes, byte 0 -> element 0),
   ``cvt_f16x2_f32(hi, lo)``, ``f16_lo(w)`` / ``f16_hi(w)`` -> float32, ``hmul2(a, b)``,
-  ``hsub2(a, b)``, ``bits_to_f32(u)``, ``f32_to_bits(f)``, ``cvt_bf16_f32(f)`` (round to nearest
+  ``hsub2(a, b)``, ``hfma2(a, b, c)`` (a*b+c rounded once), ``bits_to_f32(u)``, ``f32_to_bits(f)``, ``cvt_bf16_f32(f)`` (round to nearest
   even, returns the 16 bits in a uint32), ``prmt(a, b, sel)``.
 Warp: ``shfl_xor_f32(v, lanemask)`` (full-warp butterfly exchange), ``syncwarp()``.
 """
@@ -37,7 +37,7 @@ from imp_kernels.compat import SIMULATOR, cuda
 
 __all__ = [
     "ld_v4", "ld_v4_cached", "ld_v2", "ld_u16", "mma_f16", "mma_bf16", "cvt_f16x2_e4m3x2", "cvt_f16x2_f32", "f16_lo",
-    "f16_hi", "hmul2", "hsub2", "bits_to_f32", "f32_to_bits", "cvt_bf16_f32", "prmt",
+    "f16_hi", "hmul2", "hsub2", "hfma2", "bits_to_f32", "f32_to_bits", "cvt_bf16_f32", "prmt",
     "shfl_xor_f32", "syncwarp",
 ]
 
@@ -176,6 +176,15 @@ if not SIMULATOR:
                           "{.reg .b16 t; cvt.rn.bf16.f32 t, $1; cvt.u32.u16 $0, t;}", "=r,f")
     hmul2 = _binary("mul.rn.f16x2 $0, $1, $2;")
     hsub2 = _binary("sub.rn.f16x2 $0, $1, $2;")
+
+    @intrinsic
+    def hfma2(typingctx, a, b, c):
+        sig = types.uint32(types.uint32, types.uint32, types.uint32)
+
+        def codegen(context, builder, sig, args):
+            return _asm(builder, _i32, list(args), "fma.rn.f16x2 $0, $1, $2, $3;", "=r,r,r,r")
+
+        return sig, codegen
 
     @intrinsic
     def cvt_f16x2_f32(typingctx, hi, lo):
@@ -344,6 +353,15 @@ else:  # ---------------------------------------------------------------- simula
         al, ah = _halves(a)
         bl, bh = _halves(b)
         return _pack_f16(al - bl, ah - bh)
+
+    def hfma2(a, b, c):
+        al, ah = _halves(a)
+        bl, bh = _halves(b)
+        cl, ch = _halves(c)
+        # the f16 product is exact in float64 and so is the sum here; one rounding to f16, as fma
+        h = np.array([np.float64(al) * np.float64(bl) + np.float64(cl),
+                      np.float64(ah) * np.float64(bh) + np.float64(ch)]).astype(np.float16).view(np.uint16)
+        return _U32(int(h[0]) | (int(h[1]) << 16))
 
     def bits_to_f32(u):
         return np.array([int(u) & 0xFFFFFFFF], dtype=np.uint32).view(np.float32)[0]

@@ -1,5 +1,6 @@
-"""A GGUF Q5_0 weight on the fast path: widened to Q8_0 at bind time and run by the Q8_0 GEMV
-under the CUDA simulator, against the product with the reference path's dequantised weight."""
+"""GGUF weights on the fast path under the CUDA simulator: Q5_0 widened to Q8_0 at bind time,
+Q4_K / Q6_K / Q8_0 on the tensor-core GEMV (or the native blocks where f16 cannot hold their
+scales), against the product with the reference path's dequantised weight."""
 
 from __future__ import annotations
 
@@ -18,12 +19,30 @@ def test_q5_0_weight_binds_to_the_q8_0_kernel_and_matches():
     w = torch.randn(32, 128, generator=g) * 0.05
     qt = QTensor("gguf:Q5_0", torch.from_numpy(quantize_gguf(w, "Q5_0")), (32, 128))
     lin = bind_linear(qt)
-    assert lin.kind == "gguf:Q8_0" and "widened to Q8_0 exactly" in lin.reason
+    assert lin.kind == "gguf-tc:Q8_0" and "widened to Q8_0 exactly" in lin.reason
     x = torch.randn(1, 128, generator=g).to(torch.bfloat16)
     out = torch.full((1, 32), float("nan"), dtype=torch.bfloat16)
     lin(x, out)
     ref = x.float() @ qt.dequantize(torch.float32).t()
     assert rel_err(out, ref) < 4e-3  # fp32 sums, one bf16 rounding of the output
+
+
+def test_k_quants_bind_to_the_tensor_core_gemv_unless_f16_cannot_hold_the_scales():
+    g = torch.Generator().manual_seed(8)
+    x = torch.randn(1, 256, generator=g).to(torch.bfloat16)
+    for gtype in ("Q4_K", "Q6_K"):
+        w = torch.randn(32, 256, generator=g) * 0.05
+        qt = QTensor(f"gguf:{gtype}", torch.from_numpy(quantize_gguf(w, gtype)), (32, 256))
+        lin = bind_linear(qt)
+        assert lin.kind == f"gguf-tc:{gtype}" and "tensor-core GEMV" in lin.reason
+        out = torch.full((1, 32), float("nan"), dtype=torch.bfloat16)
+        lin(x, out)
+        assert rel_err(out, x.float() @ qt.dequantize(torch.float32).t()) < 4e-3
+    raw = torch.from_numpy(quantize_gguf(torch.randn(32, 256, generator=g) * 0.05, "Q8_0")).clone()
+    raw.view(-1, 34)[0, 0:2] = torch.tensor([0xD0, 0x63], dtype=torch.uint8)  # d = 1000: d * 128 > f16's max
+    qt = QTensor("gguf:Q8_0", raw, (32, 256))
+    lin = bind_linear(qt)
+    assert lin.kind == "gguf:Q8_0" and "native blocks" in lin.reason and "f16" in lin.reason
 
 
 def test_q5_0_experts_widen_and_run_on_the_gguf_moe_kernel():

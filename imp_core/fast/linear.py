@@ -9,11 +9,17 @@ rows of a decode step with the kernel for its format:
 | dense bf16                     | ``linear_bf16`` (cuBLAS or the numba GEMV, whichever measured faster) | none |
 | fp8 per-tensor/channel/128-block | ``gemv_fp8``                           | ``repack.fp8_tile``      |
 | nvfp4 (ModelOpt, compressed-tensors) | ``gemv_nvfp4``                     | ``repack.nvfp4_tile``    |
-| gguf Q8_0 / Q4_K / Q6_K        | ``gemv_gguf`` on the native blocks       | padded byte buffer       |
-| gguf Q4_0 / Q5_0 (phase 3a)    | ``gemv_gguf`` Q8_0                       | widened exactly to Q8_0  |
+| gguf Q4_K / Q6_K / Q8_0        | ``gemv_gguf_tc`` (tensor cores)          | ``repack_gguf.tc_tile``  |
+| gguf Q4_0 / Q5_0 (phase 3a)    | ``gemv_gguf_tc`` Q8_0                    | widened exactly to Q8_0, tiled |
+| gguf scales f16 cannot hold    | ``gemv_gguf`` on the native blocks       | padded byte buffer       |
 | anything else (phase 3a)       | ``linear_bf16`` on the weight dequantised to bf16 | dense copy      |
 
-The last row is phase 3a's rule: a format with no kernel is dequantised to the compute dtype,
+The tensor-core GGUF form stores each group's scale (and Q4_K's offset) as f16 and rounds each
+weight once to f16 before the tensor cores (11 bits; the reference path's bf16 has 8), so it is
+the same dequantised model; where f16 cannot hold a tensor's scales, the native-block kernel
+(exact fp32 decoding, CUDA cores, several times slower) serves it and the reason says so.
+
+The "anything else" row is phase 3a's rule: a format with no kernel is dequantised to the compute dtype,
 which is exactly what the reference path multiplies with (``Linear`` dequantises to the
 activation dtype), so the fast path computes the same model and never a coarser one. Every
 choice carries a one-line reason for the resolved plan.
@@ -33,16 +39,16 @@ GGUF_KERNEL_TYPES = ("Q8_0", "Q4_K", "Q6_K")
 
 
 def _kernels():
-    from imp_kernels import gemv_bf16, gemv_fp8, gemv_gguf, gemv_nvfp4, gguf_common, repack
+    from imp_kernels import gemv_bf16, gemv_fp8, gemv_gguf, gemv_gguf_tc, gemv_nvfp4, gguf_common, repack
 
-    return gemv_bf16, gemv_fp8, gemv_gguf, gemv_nvfp4, gguf_common, repack
+    return gemv_bf16, gemv_fp8, gemv_gguf, gemv_nvfp4, gguf_common, repack, gemv_gguf_tc
 
 
 @dataclass
 class FastLinear:
     """One bound projection: ``self(x, out, residual=None)`` with x [M, K] bf16, out [M, N]."""
 
-    kind: str  # "bf16", "fp8", "nvfp4", "gguf:<TYPE>"
+    kind: str  # "bf16", "fp8", "nvfp4", "gguf-tc:<TYPE>", "gguf:<TYPE>"
     reason: str
     n: int
     k: int
@@ -55,7 +61,7 @@ class FastLinear:
         return sum(t.numel() * t.element_size() for t in self.tensors.values())
 
     def __call__(self, x: torch.Tensor, out: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
-        gemv_bf16, gemv_fp8, gemv_gguf, gemv_nvfp4, _, _ = _kernels()
+        gemv_bf16, gemv_fp8, gemv_gguf, gemv_nvfp4, _, _, gemv_gguf_tc = _kernels()
         t = self.tensors
         if self.kind == "bf16":
             gemv_bf16.linear_bf16(x, t["weight"], out, residual=residual)
@@ -63,6 +69,8 @@ class FastLinear:
             gemv_fp8.gemv_fp8(x, t["codes"], t["scale"], out, residual=residual)
         elif self.kind == "nvfp4":
             gemv_nvfp4.gemv_nvfp4(x, t["codes"], t["scales"], t["gscale"], out, residual=residual)
+        elif self.kind.startswith("gguf-tc:"):
+            gemv_gguf_tc.gemv_gguf_tc(x, self.meta["tc"], t["codes"], t["scales"], out, residual=residual)
         else:
             gemv_gguf.gemv_gguf(x, t["raw32"], self.meta["qtype"], self.n, out, residual=residual)
         return out
@@ -91,9 +99,23 @@ def _fp8_scale(qt: QTensor) -> torch.Tensor | None:
     return None
 
 
+def _bind_gguf(raw: torch.Tensor, gtype: str, n: int, k: int, what: str) -> FastLinear:
+    """The tensor-core form of GGUF blocks where f16 holds their scales, else the native blocks."""
+    from imp_kernels import repack_gguf
+
+    _, _, _, _, gguf_common, _, _ = _kernels()
+    tc, why = repack_gguf.tc_form(raw, gtype, n, k)
+    if tc is not None:
+        _, codes, scales = repack_gguf.tc_tile(raw, gtype, n, k)
+        return FastLinear(f"gguf-tc:{gtype}", f"{what}: tensor-core GEMV, weights rounded once to f16", n, k,
+                          {"codes": codes, "scales": scales}, {"qtype": gtype, "tc": tc})
+    return FastLinear(f"gguf:{gtype}", f"{what}: GEMV on the native blocks ({why})", n, k,
+                      {"raw32": gguf_common.gguf_device_buffer(raw)}, {"qtype": gtype})
+
+
 def bind_linear(weight: Any, *, name: str = "") -> FastLinear:
     """The kernel form of one [N, K] weight (dense tensor or QTensor), with the reason."""
-    _, _, _, _, gguf_common, repack = _kernels()
+    _, _, _, _, gguf_common, repack, _ = _kernels()
     if isinstance(weight, torch.Tensor):
         return _dense(weight, "bf16 weight: cuBLAS / numba GEMV")
     qt: QTensor = weight
@@ -116,11 +138,9 @@ def bind_linear(weight: Any, *, name: str = "") -> FastLinear:
         gtype = qt.qtype.split(":", 1)[1].upper()
         if gtype in WIDENS_TO_Q8_0 and "global" not in qt.scales:
             wide = widen_to_q8_0(qt.data.reshape(n, -1), gtype)
-            return FastLinear("gguf:Q8_0", f"gguf {gtype} widened to Q8_0 exactly (phase 3a): GEMV on the native "
-                              f"blocks", n, k, {"raw32": gguf_common.gguf_device_buffer(wide)}, {"qtype": "Q8_0"})
+            return _bind_gguf(wide, "Q8_0", n, k, f"gguf {gtype} widened to Q8_0 exactly (phase 3a)")
         if gtype in GGUF_KERNEL_TYPES and "global" not in qt.scales:
-            return FastLinear(f"gguf:{gtype}", f"gguf {gtype}: GEMV on the native blocks", n, k,
-                              {"raw32": gguf_common.gguf_device_buffer(qt.data)}, {"qtype": gtype})
+            return _bind_gguf(qt.data, gtype, n, k, f"gguf {gtype}")
         return _dense(qt.dequantize(torch.bfloat16),
                       f"gguf {gtype} has no kernel: dequantised to bf16, the reference path's own numbers "
                       f"(phase 3a)")

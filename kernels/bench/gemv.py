@@ -55,6 +55,13 @@ def case_list(quick: bool, stride: int = 1):
         cases.append(lambda label=label, n=n, k=k: bc.case_gguf(label, "Q6_K", n, k))
     for label, n, k in (MISTRAL[0], MISTRAL[2]):
         cases.append(lambda label=label, n=n, k=k: bc.case_gguf(label, "Q8_0", n, k))
+    for label, n, k in [MISTRAL[0], MISTRAL[1], MISTRAL[2], MISTRAL[3], GEMMA[1], QWEN[0], QWEN[2]]:
+        cases.append(lambda label=label, n=n, k=k: bc.case_gguf_tc(label, "Q4_K", n, k))
+    for label, n, k in (MISTRAL[3], MISTRAL[4]):
+        cases.append(lambda label=label, n=n, k=k: bc.case_gguf_tc(label, "Q6_K", n, k))
+    for label, n, k in (MISTRAL[0], MISTRAL[2]):
+        cases.append(lambda label=label, n=n, k=k: bc.case_gguf_tc(label, "Q8_0", n, k))
+    cases.append(lambda: bc.case_gguf_tc("mistral gate_up", "Q4_K", 65536, 5120, m=4))
     for q in ("Q4_K", "Q6_K"):  # register-uncapped builds, for comparison
         cases.append(lambda q=q: bc.case_gguf(MISTRAL[3][0], q, MISTRAL[3][1], MISTRAL[3][2], variant="uncapped"))
     for label, n, k in (("qwen router", 256, 2048), ("qwen deltanet a/b", 32, 2048), ("gemma router", 128, 2816),
@@ -73,11 +80,13 @@ def resource_report() -> list[str]:
     import imp_kernels.gemv_bf16 as b
     import imp_kernels.gemv_fp8 as f
     import imp_kernels.gemv_gguf as g
+    import imp_kernels.gemv_gguf_tc as gt
     import imp_kernels.gemv_nvfp4 as n
     import imp_kernels.moe_nvfp4 as mo
     lines = []
     kernels = {"nvfp4": n._gemv_nvfp4_kernel, "bf16": b._gemv_bf16_kernel, "fp8": f._gemv_fp8_kernel,
                "moe_gate_up": mo._moe_gate_up_kernel, "moe_down": mo._moe_down_kernel,
+               "gguf_tc_q4": gt._gemv_q4_kernel, "gguf_tc_q8": gt._gemv_q8_kernel,
                **{f"gguf_{q}": k for q, k in g._KERNELS.items()}}
     kernels.update({f"gguf_{q}_uncapped": k for q, k in g._KERNELS_UNCAPPED.items() if q != "Q8_0"})
     for name, k in kernels.items():

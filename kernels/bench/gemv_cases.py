@@ -170,6 +170,31 @@ def case_gguf(name, qtype, n, k, m=1, variant="capped"):
                 "torch.mm bf16 (dequantised W)")
 
 
+def case_gguf_tc(name, qtype, n, k, m=1):
+    """The tensor-core GGUF GEMV on the same random blocks, re-tiled as the fast path binds them."""
+    from imp_kernels.gemv_gguf_tc import gemv_gguf_tc
+    from imp_kernels.repack_gguf import tc_form, tc_tile
+
+    raw = gguf_random(qtype, n, k)
+    assert tc_form(raw, qtype, n, k)[0] is not None
+    kind, codes, scales = tc_tile(raw, qtype, n, k)
+    wbytes = codes.numel() * 4 + scales.numel() * scales.element_size()
+    nsets = _nsets(wbytes)
+    sets = [(codes, scales)] + [(codes.clone(), scales.clone()) for _ in range(nsets - 1)]
+    xs = _x(m, k, nsets)
+    outs = [torch.empty(m, n, dtype=torch.bfloat16, device=DEV) for _ in range(nsets)]
+
+    def run(i):
+        gemv_gguf_tc(xs[i], kind, sets[i][0], sets[i][1], outs[i])
+
+    def check():
+        run(0)
+        return rel(outs[0], xs[0].float() @ gguf_dequant(raw, qtype, n, k).t())
+
+    return Case(f"gguf-tc-{qtype}", f"{name} {n}x{k}", m, nsets, wbytes + m * k * 2 + m * n * 2, run, check, None,
+                "")
+
+
 def case_bf16(name, n, k, m=1):
     w = (torch.randn(n, k, device=DEV) * 0.05).bfloat16()
     wbytes = w.numel() * 2
