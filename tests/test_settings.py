@@ -120,6 +120,7 @@ def test_defaults_match_the_documented_table() -> None:
         "auto", "auto", 0, 256)
     assert (s.runtime.chat, s.runtime.fast_path, s.runtime.cuda_graphs, s.runtime.threads) == (
         True, "auto", True, 0)
+    assert s.runtime.memory_limit is None
     sp = s.sampling
     assert (sp.temperature, sp.top_k, sp.top_p, sp.min_p) == (0.8, 40, 0.95, 0.05)
     assert (sp.repeat_penalty, sp.repeat_last_n, sp.seed) == (1.0, 64, None)
@@ -127,7 +128,7 @@ def test_defaults_match_the_documented_table() -> None:
         "auto", "auto", "auto", "auto")
     assert (s.logging.level, s.logging.file) == ("info", None)
     assert "bench" in Settings.model_fields
-    assert len(all_keys()) == len(set(all_keys())) == 21
+    assert len(all_keys()) == len(set(all_keys())) == 22
 
 
 UNKNOWN_CASES = [

@@ -71,11 +71,13 @@ def bench_command(
             raise ConfigError("--peer transformers needs --preset (the peer is built from the preset's config)")
         from imp_core.bench import model as bench_model
         from imp_core.bench import report, roofline, runner
+        from imp_core.device_memory import apply_limit
         from imp_core.run.session import resolve_device
         from imp_core.units import DTYPES
 
         if preset is not None:
             dev = resolve_device(resolved.settings.runtime.device)
+            apply_limit(dev, resolved.settings.runtime.memory_limit)
             want = resolved.settings.runtime.dtype
             dt = DTYPES[want] if want != "auto" else (DTYPES["float32"] if dev.type == "cpu" else DTYPES["bfloat16"])
             bench = bench_model.build_preset(plugins, bench_presets.find_preset(plugins, preset), fmt,

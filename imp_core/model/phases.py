@@ -23,7 +23,6 @@ weights.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -53,17 +52,10 @@ PHASE_IMPLS["3b"] = _phase_3b
 
 
 def available_memory(device: torch.device) -> int | None:
-    """Free bytes on ``device`` now (CUDA: mem_get_info; CPU: MemAvailable), None if unknown."""
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return int(free)
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
+    """Free bytes on ``device`` now, within ``runtime.memory_limit`` (imp_core.device_memory)."""
+    from imp_core.device_memory import free_bytes
+
+    return free_bytes(device)
 
 
 def release_host_memory() -> None:

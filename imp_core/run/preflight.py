@@ -89,19 +89,9 @@ def _loaded_bytes(info: TensorInfo, quantized: bool, dtype: torch.dtype) -> int:
 
 
 def free_bytes(device: torch.device) -> int | None:
-    if device.type == "cuda":
-        try:
-            return int(torch.cuda.mem_get_info(device)[0])
-        except (RuntimeError, AssertionError):
-            return None
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
+    from imp_core.device_memory import free_bytes as _free
+
+    return _free(device)
 
 
 SMALLEST_PREFILL_CHUNK = 128

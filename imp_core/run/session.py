@@ -18,6 +18,7 @@ from imp_core.plugin import policy
 from imp_core.run import preflight
 from imp_core.checkpoint.base import Checkpoint
 from imp_core.checkpoint.open import open_checkpoint
+from imp_core.device_memory import apply_limit
 from imp_core.errors import ConfigError, DeviceError, QuantError
 from imp_core.model.family import CausalLM, Family
 from imp_core.run.generator import PREFILL_CHUNK, Generator
@@ -157,6 +158,7 @@ def inspect_checkpoint(path: str | Path, resolved: ResolvedSettings, plugins: Pl
     s = resolved.settings
     check_implemented(s)
     device = resolve_device(s.runtime.device)
+    apply_limit(device, s.runtime.memory_limit)
     dtype = resolve_dtype(s.runtime.dtype, checkpoint, device)
     max_ctx = family.max_context(config)
     context = s.runtime.context or min(max_ctx, DEFAULT_CONTEXT)

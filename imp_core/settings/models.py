@@ -14,6 +14,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from imp_core.units import parse_bytes
+
 SECTION_CONFIG = ConfigDict(extra="forbid", validate_assignment=True, strict=True)
 
 _CUDA_DEVICE = re.compile(r"^cuda:\d+$")
@@ -64,6 +66,16 @@ class RuntimeSettings(BaseModel):
     )
     cuda_graphs: bool = Field(True, description="capture the decode step in CUDA graphs")
     threads: int = Field(0, ge=0, description="CPU threads for torch; 0 = torch's default")
+    memory_limit: int | None = Field(
+        None, description="most GPU memory imp may use, e.g. 24GiB (the memory plan and phase 3b "
+                          "size themselves to it); none = the whole device")
+
+    @field_validator("memory_limit", mode="before")
+    @classmethod
+    def _check_memory_limit(cls, value: Any) -> Any:
+        if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none", "auto")):
+            return None
+        return parse_bytes(value)
 
     @field_validator("device", mode="before")
     @classmethod
