@@ -55,7 +55,7 @@ def test_q5_0_experts_widen_and_run_on_the_gguf_moe_kernel():
     q = lambda w: QTensor("gguf:Q5_0", torch.from_numpy(quantize_gguf(w, "Q5_0")), tuple(w.shape))  # noqa: E731
     gate_up, down = q(gu), q(dn)
     fe = bind_experts(gate_up, down, act="silu", top_k=2)
-    assert "moe_gguf" in fe.reason
+    assert "moe_gguf_tc (tensor cores" in fe.reason
     x = torch.randn(1, h, generator=g).to(torch.bfloat16)
     ids = torch.tensor([[2, 0]], dtype=torch.int32)
     wts = torch.tensor([[0.6, 0.4]])
@@ -67,6 +67,19 @@ def test_q5_0_experts_widen_and_run_on_the_gguf_moe_kernel():
         a = x.float() @ wgu[ex].t()
         ref += wts[0, j] * ((torch.nn.functional.silu(a[:, :i]) * a[:, i:]) @ wdn[ex].t())
     assert rel_err(out, ref) < 4e-3
+
+
+def test_k_quant_experts_whose_scales_f16_cannot_hold_keep_the_native_blocks():
+    from imp_core.fast.experts import bind_experts
+
+    g = torch.Generator().manual_seed(9)
+    e, i, h = 2, 32, 256
+    gu = torch.from_numpy(quantize_gguf(torch.randn(e * 2 * i, h, generator=g) * 0.05, "Q4_K")).clone()
+    gu.view(-1, 144)[3, 0:2] = torch.tensor([0x00, 0x7B], dtype=torch.uint8)  # d = 57344: d * 63 > f16 max
+    dn = torch.from_numpy(quantize_gguf(torch.randn(e * h, i, generator=g) * 0.05, "Q8_0"))
+    fe = bind_experts(QTensor("gguf:Q4_K", gu, (e, 2 * i, h)), QTensor("gguf:Q8_0", dn, (e, h, i)), act="silu",
+                      top_k=1)
+    assert "moe_gguf (native blocks: Q4_K scales outside f16" in fe.reason
 
 
 def test_q5_0_shared_expert_is_widened_and_fused():
@@ -82,7 +95,7 @@ def test_q5_0_shared_expert_is_widened_and_fused():
     s_gu = q(torch.randn(2 * si, h, generator=g) * 0.05, "Q8_0")
     s_dn = q(torch.randn(h, si, generator=g) * 0.05, "Q5_0")
     fe = bind_experts(gate_up, down, act="silu", top_k=1, shared=(s_gu, s_dn))
-    assert fe.shared_fused and "shared expert fused" in fe.reason
+    assert fe.shared_fused and "shared expert fused" in fe.reason and "moe_gguf_tc" in fe.reason
     x = torch.randn(1, h, generator=g).to(torch.bfloat16)
     ids = torch.tensor([[1]], dtype=torch.int32)
     wts = torch.tensor([[0.7]])
