@@ -14,8 +14,9 @@ Decoding, per f16x2 pair (``repack_gguf`` layouts):
   q8: ``prmt`` puts bytes under 0x64 (1024 + byte), minus 1152 gives the signed code exactly,
       times s rounds the weight once to f16.
 The scales of a lane's two rows come from its own word and its neighbour's (one shuffle per
-chunk and tile). The result is the GGUF dequantisation with each weight rounded to f16 (11
-bits; the reference path rounds it to bf16, 8 bits) and fp32 sums.
+chunk and tile); they are stored times 2^P (``repack_gguf``), which the epilogue takes back with
+``unscale`` = 2^-P in fp32 (exact). The result is the GGUF dequantisation with each weight
+rounded to f16 (11 bits; the reference path rounds it to bf16, 8 bits) and fp32 sums.
 """
 
 from __future__ import annotations
@@ -88,7 +89,7 @@ def _q4_tile(acc0, acc1, acc2, acc3, w4, sw, t, xf):
 
 
 @jit(max_registers=80)
-def _gemv_q4_kernel(x32, m_rows, k, codes, scales, kc_total, out, n_cols, out_f32, res, has_res):
+def _gemv_q4_kernel(x32, m_rows, k, codes, scales, kc_total, unscale, out, n_cols, out_f32, res, has_res):
     red = cuda.shared.array(0, nbt.float32)  # [warps, 32 rows, 8 cols], sized at launch
     tid = cuda.threadIdx.x
     lane = tid & 31
@@ -119,7 +120,7 @@ def _gemv_q4_kernel(x32, m_rows, k, codes, scales, kc_total, out, n_cols, out_f3
         m = idx & 7
         row = tile0 * 16 + r
         if m < m_rows and row < n_cols:
-            store_out(out, out_f32, res, has_res, m, n_cols, row, warp_sum(red, idx, nwarps))
+            store_out(out, out_f32, res, has_res, m, n_cols, row, warp_sum(red, idx, nwarps) * unscale)
 
 
 # ------------------------------------------------------------------------------------- q8
@@ -160,7 +161,7 @@ def _q8_tile(acc0, acc1, acc2, acc3, w4, sw, t, x0, x1, x2, x3):
 
 
 @jit(max_registers=64)
-def _gemv_q8_kernel(x32, m_rows, k, codes, scales, kc_total, out, n_cols, out_f32, res, has_res):
+def _gemv_q8_kernel(x32, m_rows, k, codes, scales, kc_total, unscale, out, n_cols, out_f32, res, has_res):
     red = cuda.shared.array(0, nbt.float32)
     tid = cuda.threadIdx.x
     lane = tid & 31
@@ -193,7 +194,7 @@ def _gemv_q8_kernel(x32, m_rows, k, codes, scales, kc_total, out, n_cols, out_f3
         m = idx & 7
         row = tile0 * 16 + r
         if m < m_rows and row < n_cols:
-            store_out(out, out_f32, res, has_res, m, n_cols, row, warp_sum(red, idx, nwarps))
+            store_out(out, out_f32, res, has_res, m, n_cols, row, warp_sum(red, idx, nwarps) * unscale)
 
 
 # --------------------------------------------------------------------------------- host side
@@ -233,9 +234,9 @@ def _check(x, kind, codes, scales, out, residual):
 
 
 def gemv_gguf_tc(x: torch.Tensor, kind: str, codes: torch.Tensor, scales: torch.Tensor, out: torch.Tensor, *,
-                 residual: torch.Tensor | None = None, warps: int | None = None) -> None:
-    """``out = x @ W^T (+ residual)``, W from ``repack_gguf.tc_tile`` (``kind`` "q4" or "q8").
-    No allocation, no host sync."""
+                 unscale: float = 1.0, residual: torch.Tensor | None = None, warps: int | None = None) -> None:
+    """``out = x @ W^T (+ residual)``, W from ``repack_gguf.tc_tile`` (``kind`` "q4" or "q8", and its
+    ``unscale``). No allocation, no host sync."""
     _check(x, kind, codes, scales, out, residual)
     require_aligned("gemv_gguf_tc", x, codes)
     m, k = x.shape
@@ -244,17 +245,17 @@ def gemv_gguf_tc(x: torch.Tensor, kind: str, codes: torch.Tensor, scales: torch.
     res = residual.reshape(-1) if residual is not None else out.reshape(-1)
     kernel = _gemv_q4_kernel if kind == "q4" else _gemv_q8_kernel
     launch(kernel, nt // 2, 32 * w, x.view(torch.int32).reshape(-1), m, k, codes.reshape(-1),
-           scales.reshape(-1), kc, out.reshape(-1), out.shape[1], int(out.dtype == torch.float32),
+           scales.reshape(-1), kc, np.float32(unscale), out.reshape(-1), out.shape[1], int(out.dtype == torch.float32),
            res.view(torch.int16) if res.dtype == torch.bfloat16 else res, int(residual is not None),
            shared_bytes=w * 256 * 4)
 
 
-def gemv_gguf_tc_ref(x, kind, codes, scales, out, *, residual=None, warps=None) -> None:
+def gemv_gguf_tc_ref(x, kind, codes, scales, out, *, unscale=1.0, residual=None, warps=None) -> None:
     """Torch reference of ``gemv_gguf_tc`` (same arguments): the f16-rounded weights of the
     tiles times x rounded to f16 (as the kernel feeds the tensor cores), fp32 sums, one rounding."""
     _check(x, kind, codes, scales, out, residual)
     n, k = out.shape[1], x.shape[1]
-    wf = tc_untile_dequant(kind, codes, scales, n, k)
+    wf = tc_untile_dequant(kind, codes, scales, n, k, unscale)
     y = x.to(torch.float16).float() @ wf.t()
     if residual is not None:
         y = y + residual.float()
@@ -268,7 +269,7 @@ def warmup(device="cuda") -> None:
     calls = []
     for qtype, nbytes in (("Q4_K", 144), ("Q6_K", 210)):
         raw = torch.zeros(32 * nbytes, dtype=torch.uint8, device=device)
-        kind, codes, scales = tc_tile(raw, qtype, 32, 256)
+        kind, codes, scales, _ = tc_tile(raw, qtype, 32, 256)
         x = torch.zeros(1, 256, dtype=torch.bfloat16, device=device)
         res = torch.zeros(1, 32, dtype=torch.bfloat16, device=device)
         for dt in (torch.bfloat16, torch.float32):

@@ -2,7 +2,8 @@
 two launches, on expert stacks re-tiled by ``experts_tc_tile`` (Q4_K -> "q4", Q6_K / Q8_0 -> "q8",
 the layouts of ``repack_gguf``).
 
-``gate``, ``up``, ``down`` are ``(kind, codes [E, NT, KC, 32, 4], scales [E, NT, KC, 32])`` triples:
+``gate``, ``up``, ``down`` are ``(kind, codes [E, NT, KC, 32, 4], scales [E, NT, KC, 32], unscale)``
+(unscale = 2^-P of the stack's f16 scales, see ``repack_gguf``):
 gate [E, I, H] and up (the same kind), down [E, H, I] (its own kind: a Q4_K_M mix has e.g. Q4_K
 gate/up and Q6_K down). ``shared``: the same three for a 1-expert stack with its own I_s (gate/up
 of the routed gate's kind, down of the routed down's kind); ``h`` is fp32 [M, S, max(I, I_s)].
@@ -33,7 +34,7 @@ from imp_kernels.moe_common import GELU_TANH, SILU, act as _act, check_out, chec
 from imp_kernels.moe_common import check_shared_logit, expert_id as _expert, launch_warps, logit_args, out_args
 from imp_kernels.moe_common import moe_ref_combine, scratch_shape, warmup_moe
 from imp_kernels.moe_nvfp4 import _h_to_f16, _load_h16
-from imp_kernels.repack_gguf import tc_tile, tc_untile_dequant
+from imp_kernels.repack_gguf import tc_exponent, tc_tile, tc_untile_dequant
 
 __all__ = ["warmup", "moe_gguf_tc", "moe_gguf_tc_ref", "experts_tc_tile", "SILU", "GELU_TANH"]
 
@@ -65,7 +66,7 @@ def _gu_load(q4, gc, gs, uc, us, ebase, kc_total, ti, lane, kc, x32, k, m, g, t)
 
 @device_jit(inline="always")
 def _gu_body(x32, hdim, ids, topk, e_count, gc, gs, uc, us, kc_total, nt_total, sgc, sgs, suc, sus, sh_nt,
-             n_slots, inter, sh_inter, act_kind, h, h_stride, q4):
+             n_slots, inter, sh_inter, act_kind, h, h_stride, unsc, q4):
     red = cuda.shared.array((MAX_WARPS, 32), np.float32)
     tid = cuda.threadIdx.x
     lane = tid & 31
@@ -80,10 +81,12 @@ def _gu_body(x32, hdim, ids, topk, e_count, gc, gs, uc, us, kc_total, nt_total, 
     e = _expert(ids, m, j, topk, e_count)
     rows = inter
     nt = nt_total
+    ug, uu = unsc[0], unsc[1]  # [gate, up, shared gate, shared up] unscales
     if j >= topk:
         gc, gs, uc, us = sgc, sgs, suc, sus
         rows = sh_inter
         nt = sh_nt
+        ug, uu = unsc[2], unsc[3]
     if ti * 16 >= rows:  # the whole block: a slot narrower than the grid
         return
     ebase = e * nt * kc_total * 32
@@ -121,21 +124,21 @@ def _gu_body(x32, hdim, ids, topk, e_count, gc, gs, uc, us, kc_total, nt_total, 
         for w in range(nwarps):
             gate += red[w, tid]
             up += red[w, 16 + tid]
-        h[slot * h_stride + row] = _act(gate, act_kind) * up
+        h[slot * h_stride + row] = _act(gate * ug, act_kind) * (up * uu)
 
 
 @jit
 def _moe_gu_q4_kernel(x32, hdim, ids, topk, e_count, gc, gs, uc, us, kc_total, nt_total, sgc, sgs, suc, sus, sh_nt,
-                      n_slots, inter, sh_inter, act_kind, h, h_stride):
+                      n_slots, inter, sh_inter, act_kind, h, h_stride, unsc):
     _gu_body(x32, hdim, ids, topk, e_count, gc, gs, uc, us, kc_total, nt_total, sgc, sgs, suc, sus, sh_nt,
-             n_slots, inter, sh_inter, act_kind, h, h_stride, True)
+             n_slots, inter, sh_inter, act_kind, h, h_stride, unsc, True)
 
 
 @jit
 def _moe_gu_q8_kernel(x32, hdim, ids, topk, e_count, gc, gs, uc, us, kc_total, nt_total, sgc, sgs, suc, sus, sh_nt,
-                      n_slots, inter, sh_inter, act_kind, h, h_stride):
+                      n_slots, inter, sh_inter, act_kind, h, h_stride, unsc):
     _gu_body(x32, hdim, ids, topk, e_count, gc, gs, uc, us, kc_total, nt_total, sgc, sgs, suc, sus, sh_nt,
-             n_slots, inter, sh_inter, act_kind, h, h_stride, False)
+             n_slots, inter, sh_inter, act_kind, h, h_stride, unsc, False)
 
 
 # ------------------------------------------------------------------------------------- down
@@ -152,7 +155,7 @@ def _load_h8(h32, base, kcol, rows, g):
 
 @device_jit(inline="always")
 def _dn_load(q4, ids, wts, topk, e_count, dc, ds, sdc, sds, logit, has_logit, kc_r, kc_s, nt_total, tile, lane, g,
-             t, h32, h_stride, inter, sh_inter, n_slots, m, item, n_items):
+             t, h32, h_stride, inter, sh_inter, n_slots, m, item, n_items, unsc):
     zw = np.uint32(0)
     zq = (zw, zw, zw, zw)
     w4, sc, coef = zq, zw, np.float32(0.0)
@@ -166,7 +169,7 @@ def _dn_load(q4, ids, wts, topk, e_count, dc, ds, sdc, sds, logit, has_logit, kc
             i0 = e * nt_total * kc_r * 32 + (tile * kc_r + kc) * 32 + lane
             w4 = ptx.ld_v4(dc, i0 * 4)
             sc = np.uint32(int(ds[i0]) & mask)
-            coef = wts[m * topk + j]
+            coef = wts[m * topk + j] * unsc[0]
             rows = inter
         else:
             j = topk
@@ -174,9 +177,9 @@ def _dn_load(q4, ids, wts, topk, e_count, dc, ds, sdc, sds, logit, has_logit, kc
             i0 = (tile * kc_s + kc) * 32 + lane
             w4 = ptx.ld_v4(sdc, i0 * 4)
             sc = np.uint32(int(sds[i0]) & mask)
-            coef = np.float32(1.0)
+            coef = unsc[1]
             if has_logit:
-                coef = np.float32(1.0) / (np.float32(1.0) + math.exp(-logit[m]))
+                coef = unsc[1] / (np.float32(1.0) + math.exp(-logit[m]))
             rows = sh_inter
         base = (m * n_slots + j) * h_stride
         if q4:
@@ -188,7 +191,7 @@ def _dn_load(q4, ids, wts, topk, e_count, dc, ds, sdc, sds, logit, has_logit, kc
 
 @device_jit(inline="always")
 def _dn_body(h32, h_stride, ids, wts, topk, e_count, dc, ds, kc_r, nt_total, sdc, sds, kc_s, logit, has_logit,
-             n_slots, inter, sh_inter, out, n_cols, out_f32, res, has_res, q4):
+             n_slots, inter, sh_inter, out, n_cols, out_f32, res, has_res, unsc, q4):
     red = cuda.shared.array((MAX_WARPS, 16), np.float32)
     tid = cuda.threadIdx.x
     lane = tid & 31
@@ -204,14 +207,14 @@ def _dn_body(h32, h_stride, ids, wts, topk, e_count, dc, ds, kc_r, nt_total, sdc
     item = warp  # software pipeline two items deep
     w4, sc, coef, q0, q1, q2, q3 = _dn_load(q4, ids, wts, topk, e_count, dc, ds, sdc, sds, logit, has_logit, kc_r,
                                             kc_s, nt_total, tile, lane, g, t, h32, h_stride, inter, sh_inter,
-                                            n_slots, m, item, n_items)
+                                            n_slots, m, item, n_items, unsc)
     pw4, psc, pcoef, p0, p1, p2, p3 = _dn_load(q4, ids, wts, topk, e_count, dc, ds, sdc, sds, logit, has_logit,
                                                kc_r, kc_s, nt_total, tile, lane, g, t, h32, h_stride, inter,
-                                               sh_inter, n_slots, m, item + nwarps, n_items)
+                                               sh_inter, n_slots, m, item + nwarps, n_items, unsc)
     while item < n_items:
         nw4, nsc, ncoef, n0, n1, n2, n3 = _dn_load(q4, ids, wts, topk, e_count, dc, ds, sdc, sds, logit, has_logit,
                                                    kc_r, kc_s, nt_total, tile, lane, g, t, h32, h_stride, inter,
-                                                   sh_inter, n_slots, m, item + 2 * nwarps, n_items)
+                                                   sh_inter, n_slots, m, item + 2 * nwarps, n_items, unsc)
         if q4:
             c0, c1, c2, c3 = _q4_tile(z, z, z, z, w4, sc, t, _h_to_f16(q0, q1, q2, q3))
         else:
@@ -239,32 +242,38 @@ def _dn_body(h32, h_stride, ids, wts, topk, e_count, dc, ds, kc_r, nt_total, sdc
 
 @jit
 def _moe_dn_q4_kernel(h32, h_stride, ids, wts, topk, e_count, dc, ds, kc_r, nt_total, sdc, sds, kc_s, logit,
-                      has_logit, n_slots, inter, sh_inter, out, n_cols, out_f32, res, has_res):
+                      has_logit, n_slots, inter, sh_inter, out, n_cols, out_f32, res, has_res, unsc):
     _dn_body(h32, h_stride, ids, wts, topk, e_count, dc, ds, kc_r, nt_total, sdc, sds, kc_s, logit, has_logit,
-             n_slots, inter, sh_inter, out, n_cols, out_f32, res, has_res, True)
+             n_slots, inter, sh_inter, out, n_cols, out_f32, res, has_res, unsc, True)
 
 
 @jit
 def _moe_dn_q8_kernel(h32, h_stride, ids, wts, topk, e_count, dc, ds, kc_r, nt_total, sdc, sds, kc_s, logit,
-                      has_logit, n_slots, inter, sh_inter, out, n_cols, out_f32, res, has_res):
+                      has_logit, n_slots, inter, sh_inter, out, n_cols, out_f32, res, has_res, unsc):
     _dn_body(h32, h_stride, ids, wts, topk, e_count, dc, ds, kc_r, nt_total, sdc, sds, kc_s, logit, has_logit,
-             n_slots, inter, sh_inter, out, n_cols, out_f32, res, has_res, False)
+             n_slots, inter, sh_inter, out, n_cols, out_f32, res, has_res, unsc, False)
 
 
 # ------------------------------------------------------------------------------- host side
-def experts_tc_tile(raw: torch.Tensor, qtype: str, e: int, n: int, k: int) -> tuple[str, torch.Tensor, torch.Tensor]:
+def experts_tc_tile(raw: torch.Tensor, qtype: str, e: int, n: int, k: int, exponent: int | None = None
+                    ) -> tuple[str, torch.Tensor, torch.Tensor, float]:
     """Raw GGUF expert stack (E consecutive [n, k] matrices of blocks) -> (kind, codes [E, NT, KC, 32, 4],
-    scales [E, NT, KC, 32]). Whole 32-row tile pairs per expert are tiled as one matrix."""
+    scales [E, NT, KC, 32], unscale), one scale exponent for the stack (``tc_exponent`` of all of it
+    when None). Whole 32-row tile pairs per expert are tiled as one matrix."""
     rows = raw.reshape(e, n, -1)
+    if exponent is None:
+        exponent, why = tc_exponent(rows.reshape(e * n, -1), qtype, e * n, k)
+        if exponent is None:
+            raise KernelError(f"GGUF {qtype} experts have no tensor-core form: {why}")
     if n % 32 == 0:
-        kind, codes, scales = tc_tile(rows.reshape(e * n, -1), qtype, e * n, k)
-        return kind, codes.view(e, -1, *codes.shape[1:]), scales.view(e, -1, *scales.shape[1:])
-    parts = [tc_tile(rows[i], qtype, n, k) for i in range(e)]
-    return parts[0][0], torch.stack([p[1] for p in parts]), torch.stack([p[2] for p in parts])
+        kind, codes, scales, unscale = tc_tile(rows.reshape(e * n, -1), qtype, e * n, k, exponent)
+        return kind, codes.view(e, -1, *codes.shape[1:]), scales.view(e, -1, *scales.shape[1:]), unscale
+    parts = [tc_tile(rows[i], qtype, n, k, exponent) for i in range(e)]
+    return parts[0][0], torch.stack([p[1] for p in parts]), torch.stack([p[2] for p in parts]), parts[0][3]
 
 
 def _check_stack(what, w, e, rows, k):
-    kind, codes, scales = w
+    kind, codes, scales, _ = w
     if kind not in _CHUNK or codes.dtype != torch.int32 or codes.dim() != 5 or codes.shape[0] != e \
             or codes.shape[3:] != (32, 4) or codes.shape[1] * 16 < rows or codes.shape[2] * _CHUNK[kind] < k:
         raise KernelError(f"moe_gguf_tc: {what} must be an experts_tc_tile stack of {e} x [{rows}, {k}], got "
@@ -319,11 +328,13 @@ def moe_gguf_tc(x, topk_ids, topk_weights, gate, up, down, out, h, *, activation
     kc_g, nt_g = gate[1].shape[2], gate[1].shape[1]
     grid_gu = (-(-max(inter, sh_inter) // 16), m * n_slots)
     wg = warps_gu or launch_warps(grid_gu[0] * grid_gu[1], kc_g, LAUNCH_WARPS)
+    f32 = np.float32
     launch(_moe_gu_q4_kernel if gk == "q4" else _moe_gu_q8_kernel, grid_gu, 32 * wg,
            x.view(torch.int32).reshape(-1), hdim, topk_ids.reshape(-1), topk, e_count,
            gate[1].reshape(-1), gate[2].reshape(-1), up[1].reshape(-1), up[2].reshape(-1), kc_g, nt_g,
            sg[1].reshape(-1), sg[2].reshape(-1), su[1].reshape(-1), su[2].reshape(-1), sg[1].shape[1],
-           n_slots, inter, sh_inter, int(activation), h.reshape(-1), h.shape[2])
+           n_slots, inter, sh_inter, int(activation), h.reshape(-1), h.shape[2],
+           (f32(gate[3]), f32(up[3]), f32(sg[3]), f32(su[3])))
     kc_r, nt_d = down[1].shape[2], down[1].shape[1]
     grid_dn = (-(-hdim // 16), m)
     wd = warps_dn or launch_warps(grid_dn[0] * grid_dn[1], topk * kc_r, LAUNCH_WARPS)
@@ -331,7 +342,7 @@ def moe_gguf_tc(x, topk_ids, topk_weights, gate, up, down, out, h, *, activation
            h.view(torch.int32).reshape(-1), h.shape[2], topk_ids.reshape(-1), topk_weights.reshape(-1), topk,
            e_count, down[1].reshape(-1), down[2].reshape(-1), kc_r, nt_d, sd[1].reshape(-1), sd[2].reshape(-1),
            sd[1].shape[2], *logit_args(shared_gate_logit, topk_weights), n_slots, inter, sh_inter,
-           *out_args(out, hdim, residual))
+           *out_args(out, hdim, residual), (f32(down[3]), f32(sd[3])))
 
 
 def moe_gguf_tc_ref(x, topk_ids, topk_weights, gate, up, down, out, h, *, activation: int = SILU, shared=None,
@@ -343,7 +354,7 @@ def moe_gguf_tc_ref(x, topk_ids, topk_weights, gate, up, down, out, h, *, activa
     hdim = x.shape[1]
 
     def mat(w, i, rows, cols):
-        return tc_untile_dequant(w[0], w[1][i], w[2][i], rows, cols)
+        return tc_untile_dequant(w[0], w[1][i], w[2][i], rows, cols, w[3])
 
     def experts(j, e):
         if j is None:

@@ -5,11 +5,12 @@ offset: ``w = s * q - m`` with
   Q4_K: q = 4-bit code (0..15), groups of 32, s = d * scale6, m = dmin * min6;
   Q6_K: q = 6-bit code - 32 (-32..31), groups of 16, s = d * int8 scale, m = 0;
   Q8_0: q = int8 code, groups of 32, s = d, m = 0.
-The codes are moved, never changed; s and m are stored as f16 (the block's d / dmin are f16
-already; the product with a 6- or 8-bit integer scale is rounded once to 11 bits, four times
-finer than the bf16 the reference path dequantises to). ``tc_form`` says when f16 cannot hold a
-tensor's scales (overflow, or below the normal range) and the caller keeps the native-block
-kernel for it.
+The codes are moved, never changed; s and m are stored as f16 times one power of two per tensor,
+2^P, chosen so the largest lands near the top of f16's range (real d are ~1e-5, below f16's
+normal range; the GEMV multiplies its fp32 sums by 2^-P, exactly). The product of d with a 6- or
+8-bit integer scale is rounded once to 11 bits, finer than the bf16 the reference path
+dequantises to. ``tc_form`` says when one exponent cannot hold a tensor's scales (they would
+span more binades than f16 keeps at that precision) and the caller keeps the native-block kernel.
 
 Two layouts, both on the lane map of ``repack`` (lane = 4g + t, rows g and g + 8 of a 16-row tile):
   "q4" (Q4_K), chunk = 64 columns, lane t owns columns 16t..16t+15 (half a group of 32):
@@ -28,17 +29,21 @@ NT is even and K padded to the chunk; padding holds zero codes and zero scales (
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from imp_kernels.errors import KernelError
 from imp_kernels.repack import _pad2, _to_i32, fp8_tile
 
-__all__ = ["TC_TYPES", "tc_form", "gguf_affine", "tc_tile", "tc_untile_dequant"]
+__all__ = ["TC_TYPES", "tc_form", "tc_exponent", "gguf_affine", "tc_tile", "tc_untile_dequant"]
 
 TC_TYPES = {"Q4_K": "q4", "Q6_K": "q8", "Q8_0": "q8"}
 _BLOCK = {"Q8_0": (32, 34), "Q4_K": (256, 144), "Q6_K": (256, 210)}
-_F16_MAX = 65504.0
-_F16_MIN_NORMAL = 2.0 ** -14
+# the largest scaled s or m: q4 weights s q - m stay below 15 * 2^11 + 2^11 < 65504, q8 ones |s| * 128
+_TOP = {"q4": 2.0 ** 11, "q8": 2.0 ** 8}
+# the smallest scaled nonzero s or m: f16's spacing there is 2^-24, a relative rounding <= 2^-9
+_FLOOR = 2.0 ** -16
 _SLAB_ROWS = 2048  # rows converted at a time: bounds the int64 temporaries to ~100 MB at K = 5120
 
 
@@ -79,27 +84,45 @@ def gguf_affine(raw_u8: torch.Tensor, qtype: str, n: int, k: int):
     return q.reshape(n, k), (d * sc).reshape(n, -1), None, 16
 
 
-def _f16_fits(v: torch.Tensor, limit: float) -> bool:
-    a = v.abs()
-    return bool(((a == 0) | ((a >= _F16_MIN_NORMAL) & (a <= limit))).all())
+def _scale_range(rows: torch.Tensor, qtype: str, n: int, k: int) -> tuple[float, float]:
+    """(largest |s| or |m|, smallest nonzero one) of a tensor, read one slab at a time."""
+    hi, lo = 0.0, float("inf")
+    for r0 in range(0, n, _SLAB_ROWS):
+        r1 = min(n, r0 + _SLAB_ROWS)
+        _, s, m, _ = gguf_affine(rows[r0:r1], qtype, r1 - r0, k)
+        for v in (s, m) if m is not None else (s,):
+            a = v.abs()
+            if not bool(torch.isfinite(a).all()):
+                return float("inf"), lo
+            hi = max(hi, float(a.max()))
+            nz = a[a > 0]
+            if nz.numel():
+                lo = min(lo, float(nz.min()))
+    return hi, lo
+
+
+def tc_exponent(raw_u8: torch.Tensor, qtype: str, n: int, k: int) -> tuple[int | None, str]:
+    """(P, why): the power of two the f16 scales are stored times, or None when one P cannot hold
+    every scale of the tensor at f16 precision (or a scale is not finite)."""
+    kind = TC_TYPES.get(qtype)
+    if kind is None:
+        return None, f"GGUF {qtype} has no tensor-core form"
+    hi, lo = _scale_range(raw_u8.reshape(n, -1), qtype, n, k)
+    if not math.isfinite(hi):
+        return None, f"{qtype} scales are not finite"
+    if hi == 0:
+        return 0, f"{qtype} scales are all zero"
+    p = math.floor(math.log2(_TOP[kind] / hi))
+    if math.isfinite(lo) and lo * 2.0 ** p < _FLOOR:
+        return None, (f"{qtype} scales span {hi / lo:.3g}x, more than one f16 exponent range keeps at 11 bits")
+    return p, f"{qtype} scales stored as f16 x 2^{p}"
 
 
 def tc_form(raw_u8: torch.Tensor, qtype: str, n: int, k: int) -> tuple[str | None, str]:
     """("q4" | "q8", why) when the tensor-core GEMV computes this tensor within f16 rounding,
-    (None, why not) otherwise. Reads the scales only (one slab at a time)."""
-    kind = TC_TYPES.get(qtype)
-    if kind is None:
-        return None, f"GGUF {qtype} has no tensor-core form"
-    rb = raw_u8.numel() // max(n, 1)
-    rows = raw_u8.reshape(n, rb)
-    for r0 in range(0, n, _SLAB_ROWS):
-        r1 = min(n, r0 + _SLAB_ROWS)
-        _, s, m, _ = gguf_affine(rows[r0:r1], qtype, r1 - r0, k)
-        # |s q| and |m| each at most half of f16's range: s q - m cannot overflow either
-        qmax = 30.0 if kind == "q4" else 128.0
-        if not _f16_fits(s, _F16_MAX / qmax) or (m is not None and not _f16_fits(m, _F16_MAX / 2)):
-            return None, f"{qtype} scales outside f16's normal range (rows {r0}..{r1 - 1})"
-    return kind, f"{qtype} scales fit f16"
+    (None, why not) otherwise."""
+    p, why = tc_exponent(raw_u8, qtype, n, k)
+    return (TC_TYPES[qtype] if p is not None else None), why
 
 
 def _scale_lanes(v: torch.Tensor, nt: int, kc: int) -> torch.Tensor:
@@ -120,8 +143,10 @@ def _f16_from_bits(b: torch.Tensor) -> torch.Tensor:
 _VIEWS = ((0, 0), (1, 0), (0, 2), (1, 2))  # (row half h, first column j) of f16x2 fragment v
 
 
-def _tile_slab(q, s, m, g, kind):
+def _tile_slab(q, s, m, g, kind, p):
     rows, k = q.shape
+    s = s * 2.0 ** p
+    m = m * 2.0 ** p if m is not None else None
     nt = -(-rows // 32) * 2
     if kind == "q4":
         kc = -(-k // 64)
@@ -142,26 +167,32 @@ def _tile_slab(q, s, m, g, kind):
     return codes, torch.where(sw >= 2 ** 15, sw - 2 ** 16, sw).to(torch.int16)
 
 
-def tc_tile(raw_u8: torch.Tensor, qtype: str, n: int, k: int) -> tuple[str, torch.Tensor, torch.Tensor]:
-    """Native GGUF rows -> (kind, codes, scales) in the layout of the module doc, on raw's device,
-    converted slab by slab. Call ``tc_form`` first: scales are cast to f16 unchecked here."""
+def tc_tile(raw_u8: torch.Tensor, qtype: str, n: int, k: int, exponent: int | None = None
+            ) -> tuple[str, torch.Tensor, torch.Tensor, float]:
+    """Native GGUF rows -> (kind, codes, scales, unscale = 2^-P) in the layout of the module doc, on
+    raw's device, converted slab by slab (``exponent``: P from ``tc_exponent``, computed if None)."""
     kind = TC_TYPES.get(qtype)
     if kind is None:
         raise KernelError(f"GGUF type {qtype!r} has no tensor-core form; supported {sorted(TC_TYPES)}")
+    if exponent is None:
+        exponent, why = tc_exponent(raw_u8, qtype, n, k)
+        if exponent is None:
+            raise KernelError(f"GGUF {qtype} [{n}, {k}] has no tensor-core form: {why}")
     rows = raw_u8.reshape(n, -1)
     codes, scales = [], []
     for r0 in range(0, n, _SLAB_ROWS):  # a multiple of 32 rows: slabs hold whole tile pairs
         r1 = min(n, r0 + _SLAB_ROWS)
         q, s, m, g = gguf_affine(rows[r0:r1], qtype, r1 - r0, k)
-        c, sc = _tile_slab(q, s, m, g, kind)
+        c, sc = _tile_slab(q, s, m, g, kind, exponent)
         codes.append(c)
         scales.append(sc)
-    return kind, torch.cat(codes).contiguous(), torch.cat(scales).contiguous()
+    return kind, torch.cat(codes).contiguous(), torch.cat(scales).contiguous(), 2.0 ** -exponent
 
 
-def tc_untile_dequant(kind: str, codes: torch.Tensor, scales: torch.Tensor, n: int, k: int) -> torch.Tensor:
-    """What the kernel multiplies with: float32 [n, k] = f16(s * q - m) rounded once, from the
-    tiled tensors (the exact inverse of ``tc_tile``'s moves; for references and tests)."""
+def tc_untile_dequant(kind: str, codes: torch.Tensor, scales: torch.Tensor, n: int, k: int,
+                      unscale: float = 1.0) -> torch.Tensor:
+    """What the kernel multiplies with: float32 [n, k] = f16(s' q - m') rounded once, times
+    ``unscale``, from the tiled tensors (the inverse of ``tc_tile``'s moves; for references and tests)."""
     nt, kc = codes.shape[:2]
     w = codes.to(torch.int64) & 0xFFFFFFFF
     sv = scales.to(torch.int64) & 0xFFFFFFFF
@@ -179,4 +210,4 @@ def tc_untile_dequant(kind: str, codes: torch.Tensor, scales: torch.Tensor, n: i
         b = torch.stack([(w >> (8 * i)) & 0xFF for i in range(4)], dim=-1)
         q = b.view(nt, kc, 8, 4, 2, 2, 4).permute(0, 5, 2, 1, 3, 4, 6).reshape(nt * 16, kc * 32) - 128
         full = q.double() * s.repeat_interleave(16, 1)
-    return full.to(torch.float16).float()[:n, :k].contiguous()
+    return (full.to(torch.float16).float()[:n, :k] * unscale).contiguous()

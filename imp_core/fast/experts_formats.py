@@ -63,7 +63,7 @@ def _gguf_pair(qt: QTensor, rows: slice | None = None) -> tuple[torch.Tensor, st
 def _gguf_tc(gate_up: QTensor, down: QTensor, inter: int) -> tuple[tuple | None, str]:
     """((gate, up, down) ``moe_gguf_tc`` stacks, "") or (None, why the raw blocks stay)."""
     from imp_kernels.moe_gguf_tc import experts_tc_tile
-    from imp_kernels.repack_gguf import TC_TYPES, tc_form
+    from imp_kernels.repack_gguf import TC_TYPES, tc_exponent
 
     qg, qd = (w.qtype.split(":", 1)[1].upper() for w in (gate_up, down))
     if qg not in TC_TYPES or qd not in TC_TYPES:
@@ -71,18 +71,21 @@ def _gguf_tc(gate_up: QTensor, down: QTensor, inter: int) -> tuple[tuple | None,
     e, hdim = int(gate_up.shape[0]), int(gate_up.shape[2])
     raw_gu = gate_up.data.reshape(e, 2 * inter, -1)
     raw_dn = down.data.reshape(e, hdim, -1)
-    for raw, q, n, k in ((raw_gu, qg, 2 * inter, hdim), (raw_dn, qd, hdim, inter)):
-        kind, why = tc_form(raw.reshape(e * n, -1), q, e * n, k)
-        if kind is None:
+    exps = []
+    for raw, q, n, k in ((raw_gu[:, :inter], qg, inter, hdim), (raw_gu[:, inter:], qg, inter, hdim),
+                         (raw_dn, qd, hdim, inter)):
+        p, why = tc_exponent(raw.reshape(e * n, -1), q, e * n, k)
+        if p is None:
             return None, why
-    return (experts_tc_tile(raw_gu[:, :inter].contiguous(), qg, e, inter, hdim),
-            experts_tc_tile(raw_gu[:, inter:].contiguous(), qg, e, inter, hdim),
-            experts_tc_tile(raw_dn, qd, e, hdim, inter)), ""
+        exps.append(p)
+    return (experts_tc_tile(raw_gu[:, :inter].contiguous(), qg, e, inter, hdim, exps[0]),
+            experts_tc_tile(raw_gu[:, inter:].contiguous(), qg, e, inter, hdim, exps[1]),
+            experts_tc_tile(raw_dn, qd, e, hdim, inter, exps[2])), ""
 
 
 def _tc_bytes(stacks: tuple) -> int:
     """Bytes one expert of ``stacks`` (gate, up, down) occupies in the tiled form."""
-    return sum((c.numel() * 4 + s.numel() * s.element_size()) // c.shape[0] for _, c, s in stacks)
+    return sum((c.numel() * 4 + s.numel() * s.element_size()) // c.shape[0] for _, c, s, _ in stacks)
 
 
 def _as_stack(w: Any) -> Any:

@@ -70,7 +70,8 @@ class FastLinear:
         elif self.kind == "nvfp4":
             gemv_nvfp4.gemv_nvfp4(x, t["codes"], t["scales"], t["gscale"], out, residual=residual)
         elif self.kind.startswith("gguf-tc:"):
-            gemv_gguf_tc.gemv_gguf_tc(x, self.meta["tc"], t["codes"], t["scales"], out, residual=residual)
+            gemv_gguf_tc.gemv_gguf_tc(x, self.meta["tc"], t["codes"], t["scales"], out, unscale=self.meta["unscale"],
+                                      residual=residual)
         else:
             gemv_gguf.gemv_gguf(x, t["raw32"], self.meta["qtype"], self.n, out, residual=residual)
         return out
@@ -104,11 +105,11 @@ def _bind_gguf(raw: torch.Tensor, gtype: str, n: int, k: int, what: str) -> Fast
     from imp_kernels import repack_gguf
 
     _, _, _, _, gguf_common, _, _ = _kernels()
-    tc, why = repack_gguf.tc_form(raw, gtype, n, k)
-    if tc is not None:
-        _, codes, scales = repack_gguf.tc_tile(raw, gtype, n, k)
+    exponent, why = repack_gguf.tc_exponent(raw, gtype, n, k)
+    if exponent is not None:
+        tc, codes, scales, unscale = repack_gguf.tc_tile(raw, gtype, n, k, exponent)
         return FastLinear(f"gguf-tc:{gtype}", f"{what}: tensor-core GEMV, weights rounded once to f16", n, k,
-                          {"codes": codes, "scales": scales}, {"qtype": gtype, "tc": tc})
+                          {"codes": codes, "scales": scales}, {"qtype": gtype, "tc": tc, "unscale": unscale})
     return FastLinear(f"gguf:{gtype}", f"{what}: GEMV on the native blocks ({why})", n, k,
                       {"raw32": gguf_common.gguf_device_buffer(raw)}, {"qtype": gtype})
 

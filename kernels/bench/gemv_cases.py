@@ -177,7 +177,7 @@ def case_gguf_tc(name, qtype, n, k, m=1):
 
     raw = gguf_random(qtype, n, k)
     assert tc_form(raw, qtype, n, k)[0] is not None
-    kind, codes, scales = tc_tile(raw, qtype, n, k)
+    kind, codes, scales, unscale = tc_tile(raw, qtype, n, k)
     wbytes = codes.numel() * 4 + scales.numel() * scales.element_size()
     nsets = _nsets(wbytes)
     sets = [(codes, scales)] + [(codes.clone(), scales.clone()) for _ in range(nsets - 1)]
@@ -185,7 +185,7 @@ def case_gguf_tc(name, qtype, n, k, m=1):
     outs = [torch.empty(m, n, dtype=torch.bfloat16, device=DEV) for _ in range(nsets)]
 
     def run(i):
-        gemv_gguf_tc(xs[i], kind, sets[i][0], sets[i][1], outs[i])
+        gemv_gguf_tc(xs[i], kind, sets[i][0], sets[i][1], outs[i], unscale=unscale)
 
     def check():
         run(0)
