@@ -1,18 +1,26 @@
-"""RMSNorm over the last dim of bf16 rows, with an optional fused residual add.
+"""RMSNorm over the last dim of bf16 rows, with an optional fused residual add before the norm
+and an optional add (and multiply) after it.
 
-``rmsnorm(x, weight, out, eps=..., mode=..., offset=..., residual=None)`` computes, per row,
-``h = x`` (or ``h = bf16(x + residual)``, written back into ``residual``) and then
-``out = norm(h)`` with the engine's RMSNorm math (``rms_norm_torch`` below is that math in torch):
+``rmsnorm(x, weight, out, eps=..., mode=..., offset=..., residual=None, add=None, scale=None,
+weight2=None, out2=None)`` computes, per row, ``h = x`` (or ``h = bf16(x + residual)``, written
+back into ``residual``), then ``n = norm(h)`` with the engine's RMSNorm math (``rms_norm_torch``
+below is that math in torch):
 
 * ``weight=None``: ``bf16(x̂)`` (weightless: Gemma's v_norm and router input);
 * ``mode="fp32"``: ``bf16(x̂ · (w + offset))``, the product in fp32 (Gemma plain weight;
   Qwen's zero-centred norm with ``offset=1.0``);
 * ``mode="llama"``: ``w' · bf16(x̂)`` rounded to bf16, ``w' = bf16(w + offset)`` (Mistral);
 
-with ``x̂ = h_f32 · 1/sqrt(mean(h_f32²) + eps)`` in fp32. One block per row; each thread keeps
-up to 4 chunks of 8 elements (16-byte loads and stores) in registers, so the row is read once.
-Rows are any leading dims flattened (M tokens, or tokens x heads for per-head q/k norms).
-``out`` may alias ``x`` (each thread reads its elements before writing them).
+with ``x̂ = h_f32 · 1/sqrt(mean(h_f32²) + eps)`` in fp32, and ``out = n``. The post-norm
+epilogue (Gemma's sandwich norms) is the torch ops it replaces, each rounded once to bf16:
+``out = bf16(add + n)`` with ``add``, then ``out = bf16(out · scale)`` with ``scale`` (one bf16
+element on the device, read there: Gemma's ``layer_scalar``). ``weight2`` adds a second output
+from the same ``h``: ``out2 = norm(h)`` with ``weight2`` (same mode and offset, no epilogue).
+
+One block per row; each thread keeps up to 4 chunks of 8 elements (16-byte loads and stores) in
+registers, so the row is read once. Rows are any leading dims flattened (M tokens, or tokens x
+heads for per-head q/k norms). ``out`` may alias ``x`` and ``add`` (each thread reads its
+elements before writing them); ``add`` and ``residual`` do not combine.
 """
 
 from __future__ import annotations
@@ -24,8 +32,9 @@ import torch
 
 from imp_kernels import ptx
 from imp_kernels.compat import cuda
-from imp_kernels.launch import jit, launch
-from imp_kernels.ops_common import bf16_round, block_sum, check, hi_f32, lo_f32, st_v4, u32, want
+from imp_kernels.launch import device_jit, jit, launch
+from imp_kernels.ops_common import (bf16_round, block_sum, check, hi_f32, ld_bf16, lo_f32, pack_bf16, st_v4, u32,
+                                    want)
 
 __all__ = ["rmsnorm", "rmsnorm_ref", "rms_norm_torch", "rmsnorm_threads", "MAX_N"]
 
@@ -35,8 +44,20 @@ MAX_N = 1024 * 8 * CHUNKS
 _MODES = {"fp32": 1, "llama": 2}
 
 
+@device_jit(inline="always")
+def _normed(v, inv, w, wmode, offset):
+    """One element of ``norm(h)`` before its bf16 rounding (``w`` unused when weightless)."""
+    y = v * inv
+    if wmode == 1:
+        y = y * (w + offset)
+    elif wmode == 2:
+        y = bf16_round(y) * bf16_round(w + offset)
+    return y
+
+
 @jit
-def _rmsnorm_kernel(x32, res32, has_res, w32, wmode, offset, eps, out32, n):
+def _rmsnorm_kernel(x32, res32, has_res, w32, wmode, offset, eps, out32, n, add32, has_add, scale16, has_scale,
+                    w2_32, out2_32, has_w2):
     scratch = cuda.shared.array(32, np.float32)
     tid = cuda.threadIdx.x
     nw = n >> 1
@@ -66,22 +87,30 @@ def _rmsnorm_kernel(x32, res32, has_res, w32, wmode, offset, eps, out32, n):
                 ss += v * v
     total = block_sum(ss, scratch)
     inv = np.float32(1.0) / np.float32(math.sqrt(np.float32(total / np.float32(n)) + eps))
+    s = np.float32(1.0)  # times 1 is exact: no branch on has_scale in the loop
+    if has_scale:
+        s = ld_bf16(scale16, 0)
     for c in range(CHUNKS):
         j = (c * cuda.blockDim.x + tid) * 4
         if j < nw:
             ow = cuda.local.array(4, np.uint32)
             wv = ptx.ld_v4_cached(w32, j)  # x's row 0 when weightless (unused then)
             for e in range(4):
-                lo = vals[c * 8 + 2 * e] * inv
-                hi = vals[c * 8 + 2 * e + 1] * inv
-                if wmode == 1:
-                    lo = lo * (lo_f32(wv[e]) + offset)
-                    hi = hi * (hi_f32(wv[e]) + offset)
-                elif wmode == 2:
-                    lo = bf16_round(lo) * bf16_round(lo_f32(wv[e]) + offset)
-                    hi = bf16_round(hi) * bf16_round(hi_f32(wv[e]) + offset)
-                ow[e] = np.uint32(ptx.cvt_bf16_f32(lo) | (ptx.cvt_bf16_f32(hi) << 16))
+                ow[e] = pack_bf16(_normed(vals[c * 8 + 2 * e], inv, lo_f32(wv[e]), wmode, offset),
+                                  _normed(vals[c * 8 + 2 * e + 1], inv, hi_f32(wv[e]), wmode, offset))
+            if has_add:
+                av = ptx.ld_v4(add32, base + j)
+                for e in range(4):
+                    lo = bf16_round(lo_f32(ow[e]) + lo_f32(av[e])) * s
+                    hi = bf16_round(hi_f32(ow[e]) + hi_f32(av[e])) * s
+                    ow[e] = pack_bf16(lo, hi)
             st_v4(out32, base + j, ow[0], ow[1], ow[2], ow[3])
+            if has_w2:
+                wv = ptx.ld_v4_cached(w2_32, j)
+                for e in range(4):
+                    ow[e] = pack_bf16(_normed(vals[c * 8 + 2 * e], inv, lo_f32(wv[e]), wmode, offset),
+                                      _normed(vals[c * 8 + 2 * e + 1], inv, hi_f32(wv[e]), wmode, offset))
+                st_v4(out2_32, base + j, ow[0], ow[1], ow[2], ow[3])
 
 
 def rmsnorm_threads(n: int) -> int:
@@ -90,7 +119,7 @@ def rmsnorm_threads(n: int) -> int:
     return min(1024, max(32, min(256, c32(-(-n // 8))), c32(-(-n // (8 * CHUNKS)))))
 
 
-def _check(x, weight, out, mode, residual):
+def _check(x, weight, out, mode, residual, add, scale, weight2, out2):
     k = "rmsnorm"
     check(x.dtype == torch.bfloat16 and x.is_contiguous() and x.dim() >= 1,
           f"{k}: x must be contiguous bf16 [..., N], got {x.dtype} {list(x.shape)}")
@@ -102,23 +131,44 @@ def _check(x, weight, out, mode, residual):
         want(weight, "weight", k, torch.bfloat16, (n,))
     if residual is not None:
         want(residual, "residual", k, torch.bfloat16, tuple(x.shape))
-    for t in (weight, out, residual):
+    if add is not None:
+        want(add, "add", k, torch.bfloat16, tuple(x.shape))
+        # add is read through the non-coherent cache: never after the kernel wrote it as residual
+        check(residual is None, f"{k}: add and residual do not combine")
+    if scale is not None:
+        want(scale, "scale", k, torch.bfloat16, (1,))
+        check(add is not None, f"{k}: scale needs add")
+    check((weight2 is None) == (out2 is None), f"{k}: weight2 and out2 come together")
+    if weight2 is not None:
+        check(weight is not None, f"{k}: weight2 needs weight")
+        want(weight2, "weight2", k, torch.bfloat16, (n,))
+        want(out2, "out2", k, torch.bfloat16, tuple(x.shape))
+    for t in (weight, out, residual, add, scale, weight2, out2):
         check(t is None or t.device == x.device, f"{k}: all tensors must be on {x.device}")
 
 
 def rmsnorm(x: torch.Tensor, weight: torch.Tensor | None, out: torch.Tensor, *, eps: float,
-            mode: str = "fp32", offset: float = 0.0, residual: torch.Tensor | None = None) -> None:
+            mode: str = "fp32", offset: float = 0.0, residual: torch.Tensor | None = None,
+            add: torch.Tensor | None = None, scale: torch.Tensor | None = None,
+            weight2: torch.Tensor | None = None, out2: torch.Tensor | None = None) -> None:
     """``out = norm(x)`` or, with ``residual``, ``residual = bf16(x + residual); out =
-    norm(residual)`` (see module doc). bf16 [..., N] rows; no allocation, no host sync."""
-    _check(x, weight, out, mode, residual)
+    norm(residual)``; then ``out = bf16(add + out)`` and ``out = bf16(out · scale)`` with ``add``
+    and ``scale``; ``out2`` = the same norm with ``weight2`` (see module doc). bf16 [..., N] rows;
+    no allocation, no host sync."""
+    _check(x, weight, out, mode, residual, add, scale, weight2, out2)
     n = x.shape[-1]
     rows = x.numel() // n
     wmode = 0 if weight is None else _MODES[mode]
     x32 = u32(x)
     res32 = u32(residual) if residual is not None else x32
     w32 = u32(weight) if weight is not None else x32
+    add32 = u32(add) if add is not None else x32
+    scale16 = (scale if scale is not None else x).view(torch.uint16).reshape(-1)
+    w2_32 = u32(weight2) if weight2 is not None else x32
+    out2_32 = u32(out2) if out2 is not None else x32
     launch(_rmsnorm_kernel, rows, rmsnorm_threads(n), x32, res32, int(residual is not None), w32,
-           wmode, np.float32(offset), np.float32(eps), u32(out), n)
+           wmode, np.float32(offset), np.float32(eps), u32(out), n, add32, int(add is not None), scale16,
+           int(scale is not None), w2_32, out2_32, int(weight2 is not None))
 
 
 def rms_norm_torch(x: torch.Tensor, weight: torch.Tensor | None, eps: float, *, mode: str = "fp32",
@@ -141,16 +191,29 @@ def rms_norm_torch(x: torch.Tensor, weight: torch.Tensor | None, eps: float, *, 
 
 
 def rmsnorm_ref(x: torch.Tensor, weight: torch.Tensor | None, out: torch.Tensor, *, eps: float,
-                mode: str = "fp32", offset: float = 0.0, residual: torch.Tensor | None = None) -> None:
-    """Torch reference of ``rmsnorm`` (same arguments): the add in bf16, then ``rms_norm_torch``."""
-    _check(x, weight, out, mode, residual)
+                mode: str = "fp32", offset: float = 0.0, residual: torch.Tensor | None = None,
+                add: torch.Tensor | None = None, scale: torch.Tensor | None = None,
+                weight2: torch.Tensor | None = None, out2: torch.Tensor | None = None) -> None:
+    """Torch reference of ``rmsnorm`` (same arguments): the add in bf16, ``rms_norm_torch``, then
+    the bf16 add and multiply of the epilogue."""
+    _check(x, weight, out, mode, residual, add, scale, weight2, out2)
     h = x
     if residual is not None:
         h = x + residual
         residual.copy_(h)
-    out.copy_(rms_norm_torch(h, weight, eps, mode=mode, offset=offset))
+    o = rms_norm_torch(h, weight, eps, mode=mode, offset=offset)
+    if weight2 is not None:
+        o2 = rms_norm_torch(h, weight2, eps, mode=mode, offset=offset)
+    if add is not None:
+        o = add + o
+    if scale is not None:
+        o = o * scale
+    out.copy_(o)
+    if weight2 is not None:
+        out2.copy_(o2)
 
 
 def kernel_sigs(T) -> dict:
     """Argument types of the kernel as the wrapper launches it (for imp_kernels.bench.ptx_report)."""
-    return {"rmsnorm": (_rmsnorm_kernel, (T.U32, T.U32, T.I, T.U32, T.I, T.F, T.F, T.U32, T.I))}
+    return {"rmsnorm": (_rmsnorm_kernel, (T.U32, T.U32, T.I, T.U32, T.I, T.F, T.F, T.U32, T.I, T.U32, T.I, T.U16,
+                                          T.I, T.U32, T.U32, T.I))}

@@ -31,13 +31,23 @@ __all__ = ["rmsnorm_engine", "rope_cache_engine", "attend_decode", "attn_decode_
            "sample_engine", "sampling_params", "engine_cases"]
 
 
-def rmsnorm_engine(x, weight, out, *, eps, mode="fp32", offset=0.0, residual=None) -> None:
-    """``imp_kernels.rmsnorm.rmsnorm`` through ``imp_core.layers.norms.rms_norm``."""
+def rmsnorm_engine(x, weight, out, *, eps, mode="fp32", offset=0.0, residual=None, add=None, scale=None,
+                   weight2=None, out2=None) -> None:
+    """``imp_kernels.rmsnorm.rmsnorm`` through ``imp_core.layers.norms.rms_norm`` (the epilogue as
+    Gemma's reference layer computes it: ``(add + norm) * scale`` in bf16)."""
     h = x
     if residual is not None:
         h = x + residual
         residual.copy_(h)
-    out.copy_(rms_norm(h, weight, eps, mode=mode, offset=offset))
+    o = rms_norm(h, weight, eps, mode=mode, offset=offset)
+    o2 = rms_norm(h, weight2, eps, mode=mode, offset=offset) if weight2 is not None else None
+    if add is not None:
+        o = add + o
+    if scale is not None:
+        o = o * scale
+    out.copy_(o)
+    if o2 is not None:
+        out2.copy_(o2)
 
 
 def rope_cache_engine(q, k, v, pos, k_cache, v_cache, slot_pos, *, inv_freq=None, cos_table=None,

@@ -26,9 +26,15 @@ def kernels():
 
 
 def norm(x: torch.Tensor, weight: torch.Tensor | None, out: torch.Tensor, *, eps: float, mode: str = "fp32",
-         offset: float = 0.0, residual: torch.Tensor | None = None) -> torch.Tensor:
-    """RMSNorm of bf16 rows into ``out``; with ``residual``: residual += x first, then norm it."""
-    kernels()[2].rmsnorm(x, weight, out, eps=eps, mode=mode, offset=offset, residual=residual)
+         offset: float = 0.0, residual: torch.Tensor | None = None, add: torch.Tensor | None = None,
+         scale: torch.Tensor | None = None, weight2: torch.Tensor | None = None,
+         out2: torch.Tensor | None = None) -> torch.Tensor:
+    """RMSNorm of bf16 rows into ``out``; with ``residual``: residual += x first, then norm it;
+    with ``add`` (may be ``out``): out = add + norm, then with ``scale`` (one bf16 element on the
+    device): out *= scale, each op rounded to bf16 as in torch; with ``weight2``: also the norm
+    with that weight into ``out2``."""
+    kernels()[2].rmsnorm(x, weight, out, eps=eps, mode=mode, offset=offset, residual=residual, add=add, scale=scale,
+                         weight2=weight2, out2=out2)
     return out
 
 

@@ -97,29 +97,43 @@ def _gen(seed: int, device) -> Callable[..., torch.Tensor]:
 # ------------------------------------------------------------------------------- RMSNorm
 def _norm_cases(device, tiny) -> list[Case]:
     out = []
-    specs = [("qwen hidden 2048, (1+w), +residual", 1, 2048, "fp32", 1.0, True, 1e-6),
-             ("qwen hidden 2048, (1+w), +residual", 8, 2048, "fp32", 1.0, True, 1e-6),
-             ("gemma hidden 2816, w", 1, 2816, "fp32", 0.0, False, 1e-6),
-             ("mistral hidden 5120, llama, +residual", 1, 5120, "llama", 0.0, True, 1e-5),
-             ("per-head q-norm 16x256, (1+w)", 16, 256, "fp32", 1.0, False, 1e-6)]
+    # fuse: "residual" (residual += x, then norm), "post" (resid = (resid + norm(x)) * scale, Gemma's
+    # feed-forward end), "pair" (two weights, two outputs: Gemma's pre-feed-forward norms)
+    specs = [("qwen hidden 2048, (1+w), +residual", 1, 2048, "fp32", 1.0, "residual", 1e-6),
+             ("qwen hidden 2048, (1+w), +residual", 8, 2048, "fp32", 1.0, "residual", 1e-6),
+             ("gemma hidden 2816, w", 1, 2816, "fp32", 0.0, None, 1e-6),
+             ("mistral hidden 5120, llama, +residual", 1, 5120, "llama", 0.0, "residual", 1e-5),
+             ("gemma hidden 2816, w, post-norm add x layer_scalar", 1, 2816, "fp32", 0.0, "post", 1e-6),
+             ("gemma hidden 2816, w and w2, two outputs", 1, 2816, "fp32", 0.0, "pair", 1e-6),
+             ("per-head q-norm 16x256, (1+w)", 16, 256, "fp32", 1.0, None, 1e-6)]
     if tiny:
-        specs = [(s, m, n // 8, mode, off, res, eps) for s, m, n, mode, off, res, eps in specs[:4]]
-    for name, m, n, mode, off, res, eps in specs:
-        def build(seed, m=m, n=n, res=res):
+        specs = [(s, m, n // 8, mode, off, fuse, eps) for s, m, n, mode, off, fuse, eps in specs[:6]]
+    for name, m, n, mode, off, fuse, eps in specs:
+        def build(seed, m=m, n=n, fuse=fuse):
             r = _gen(seed, device)
-            kw = dict(x=r(m, n, scale=2.0), weight=r(n, scale=0.3), out=r(m, n), residual=r(m, n) if res else None)
+            kw = dict(x=r(m, n, scale=2.0), weight=r(n, scale=0.3), out=r(m, n),
+                      residual=r(m, n) if fuse == "residual" else None)
+            if fuse == "post":
+                kw.update(add=r(m, n), scale=r(1, scale=0.5))
+            if fuse == "pair":
+                kw.update(weight2=r(n, scale=0.3), out2=r(m, n))
             return kw
 
-        def compare(a, b):
-            u = max_ulps(a["out"], b["out"])
+        def compare(a, b, fuse=fuse):
+            if fuse == "post":  # one ulp of the norm can be more of a cancelling sum: relative error
+                e = rel_err(a["out"], b["out"])
+                return e < 2.0 ** -8, f"rel err {e:.1e} vs torch rms_norm + add + mul"
+            u = max(max_ulps(a[k], b[k]) for k in ("out", "out2") if a.get(k) is not None)
             ok = u <= 1 and (a["residual"] is None or torch.equal(a["residual"], b["residual"]))
             return ok, f"max {u} bf16 ulp vs torch rms_norm"
 
         kwargs = dict(eps=eps, mode=mode, offset=off)
-        nb = (2 * m * n * (2 if res else 1) + n) * 2
+        rows_rw = {"residual": 4, "post": 3, "pair": 3}.get(fuse, 2)  # [m, n] tensors read or written
+        nb = (rows_rw * m * n + n * (2 if fuse == "pair" else 1)) * 2
+        poison = ("out", "out2") if fuse == "pair" else ("out",)
         out.append(Case("rmsnorm", name, build, lambda kwargs=kwargs, **kw: rn.rmsnorm(**kw, **kwargs),
-                        lambda kwargs=kwargs, **kw: rn.rmsnorm_ref(**kw, **kwargs), compare, nb, ("out",), m=m,
-                        torch_what="torch rms_norm (+add)", extra={"kwargs": kwargs}))
+                        lambda kwargs=kwargs, **kw: rn.rmsnorm_ref(**kw, **kwargs), compare, nb, poison, m=m,
+                        torch_what="torch rms_norm (+add, x scale)", extra={"kwargs": kwargs}))
     return out
 
 

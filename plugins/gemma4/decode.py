@@ -3,10 +3,12 @@
 Per layer: RMSNorm -> q|k(|v) in one GEMV -> q/k norms + RoPE (default or proportional) + the
 weightless v norm (K=V on global layers: v from the raw k) + KV write at the ring or full slot in
 one launch -> split-K attention (scale 1, window on sliding layers) -> o GEMV -> post-attention
-norm added to the residual. Feed-forward: the dense MLP (gate|up, GELU-tanh, down) beside the MoE
-(router with its scale and per-expert scale on the device, experts on the pre-norm-2 input), each
-normed and summed, normed once more and added; then ``x * layer_scalar``. The tied lm_head is a
-bf16 GEMV over the embedding, soft-capped as the reference does.
+norm added to the residual (one launch). Feed-forward: the pre-norm and pre-norm-2 of the residual
+(one launch), the dense MLP (gate|up, GELU-tanh, down) beside the MoE (router with its scale and
+per-expert scale on the device, experts on the pre-norm-2 input), each normed and summed (the
+second norm adds the first), normed once more, added and times ``layer_scalar`` (one launch).
+The sandwich norms' adds and multiply are the rmsnorm kernel's epilogue, with torch's bf16
+roundings. The tied lm_head is a bf16 GEMV over the embedding, soft-capped as the reference does.
 """
 
 from __future__ import annotations
@@ -80,7 +82,7 @@ class Gemma4Decoder(Decoder):
         dev = fast.model.device
         hid = cfg.hidden_size
         bf = self.setup(fast, cache, hid, fast.vocab)
-        self.tmp, self.tmp2, self.dense, self.moe_out = (torch.empty(1, hid, **bf) for _ in range(4))
+        self.tmp, self.dense, self.moe_out, self.normed2 = (torch.empty(1, hid, **bf) for _ in range(4))
         width = max(ly.qkv.out_features for ly in fast.layers)
         self.qkv = torch.empty(1, width, **bf)
         self.attn = {ly.spec.head_dim: torch.empty(1, cfg.num_attention_heads, ly.spec.head_dim, **bf)
@@ -108,25 +110,24 @@ class Gemma4Decoder(Decoder):
         ops.decode_attention(self.backends[i], q, c, pos, out, scale=1.0, window=a.window,
                              plans=self.plans)
         ly.o(out.view(1, nq), self.tmp)
-        ops.norm(self.tmp, ly.mod.post_attention_norm.weight, self.tmp2, eps=eps)
-        self.resid.add_(self.tmp2)
+        ops.norm(self.tmp, ly.mod.post_attention_norm.weight, self.resid, eps=eps, add=self.resid)
 
     def _feed_forward(self, ly: _Layer) -> None:
         m, eps = ly.mod, self.f.cfg.rms_norm_eps
-        ops.norm(self.resid, m.pre_ff_norm.weight, self.normed, eps=eps)
+        if m.moe:  # both pre-norms of the residual in one launch
+            ops.norm(self.resid, m.pre_ff_norm.weight, self.normed, eps=eps, weight2=m.pre_ff_norm_2.weight,
+                     out2=self.normed2)
+        else:
+            ops.norm(self.resid, m.pre_ff_norm.weight, self.normed, eps=eps)
         ly.mlp(self.normed, self.mlp_buf, self.dense)
         if m.moe:
             ops.route(self.resid, ly.router, self.ids, self.weights, top_k=m.router.k, workspace=self.router_ws,
                       norm_scale=ly.router_scale, per_expert_scale=ly.per_expert_scale, eps=eps)
             self.follow_routing(self.ids, self.weights)
-            ops.norm(self.resid, m.pre_ff_norm_2.weight, self.normed, eps=eps)
-            ly.experts(self.normed, self.ids, self.weights, self.moe_out)
+            ly.experts(self.normed2, self.ids, self.weights, self.moe_out)
             ops.norm(self.dense, m.post_ff_norm_1.weight, self.tmp, eps=eps)
-            ops.norm(self.moe_out, m.post_ff_norm_2.weight, self.tmp2, eps=eps)
-            torch.add(self.tmp, self.tmp2, out=self.dense)
-        ops.norm(self.dense, m.post_ff_norm.weight, self.tmp, eps=eps)
-        self.resid.add_(self.tmp)
-        self.resid.mul_(m.layer_scalar)
+            ops.norm(self.moe_out, m.post_ff_norm_2.weight, self.dense, eps=eps, add=self.tmp)
+        ops.norm(self.dense, m.post_ff_norm.weight, self.resid, eps=eps, add=self.resid, scale=m.layer_scalar)
 
     def __call__(self, token: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         f, cfg = self.f, self.f.cfg
