@@ -3,7 +3,9 @@
 W is ``repack.fp8_tile`` output (int32 [NT, KC, 32, 4], 32-column chunks). ``scale`` is float32
 on the device and selects the granularity by its shape:
   [1] per-tensor; [N] (or [N, 1]) per-channel (per output row); [ceil(N/128), ceil(K/128)] the
-  128x128 block scales of HF/DeepSeek ``weight_scale_inv`` (multiplied, despite the name).
+  128x128 block scales of HF/DeepSeek ``weight_scale_inv`` (multiplied, despite the name);
+  [ceil(N/32), ceil(K/128)] the same at 32-row granularity (each 128-row block repeated: rows of
+  different tensors can then be joined or regrouped 32 at a time, e.g. Qwen3.6's q|gate|k|v).
 Each lane converts its e4m3 pairs with ``cvt.rn.f16x2.e4m3x2`` (exact) and feeds ``mma.sync``
 (fp32 accumulate). Per-tensor/per-channel scales are applied once in the epilogue; block scales
 per 32-column chunk (a chunk never straddles a 128 block).
@@ -26,7 +28,7 @@ __all__ = ["warmup", "gemv_fp8", "gemv_fp8_ref"]
 
 MAX_WARPS = 16
 MAX_M = 8
-PER_TENSOR, PER_CHANNEL, BLOCK128 = 0, 1, 2
+PER_TENSOR, PER_CHANNEL, BLOCK128, BLOCK32 = 0, 1, 2, 3
 
 
 @device_jit(inline="always")
@@ -59,6 +61,8 @@ def _gemv_fp8_kernel(x32, m_rows, k, codes, kc_total, scale, mode, kb_total, out
     g = lane >> 2
     t = lane & 3
     tile0 = cuda.blockIdx.x * 2
+    # a block's 32 rows lie in one scale row: of 128 rows (32 | 128) or of 32
+    srow = ((tile0 * 16) >> 7) if mode == 2 else cuda.blockIdx.x
     z = np.float32(0.0)
     a0, a1, a2, a3, b0, b1, b2, b3 = z, z, z, z, z, z, z, z
     # software pipeline two chunks deep (kc+W, kc+2W in flight while kc computes)
@@ -74,7 +78,7 @@ def _gemv_fp8_kernel(x32, m_rows, k, codes, kc_total, scale, mode, kb_total, out
         x3 = bf16x2_to_f16x2(xq[3])
         fa = _fp8_frags(wa[0], wa[1])
         fb = _fp8_frags(wb[0], wb[1])
-        if mode == 2:
+        if mode >= 2:
             c0, c1, c2, c3 = ptx.mma_f16(fa[0], fa[1], fa[2], fa[3], x0, x1, z, z, z, z)
             d0, d1, d2, d3 = ptx.mma_f16(fb[0], fb[1], fb[2], fb[3], x0, x1, z, z, z, z)
         else:
@@ -84,9 +88,8 @@ def _gemv_fp8_kernel(x32, m_rows, k, codes, kc_total, scale, mode, kb_total, out
         fb = _fp8_frags(wb[2], wb[3])
         c0, c1, c2, c3 = ptx.mma_f16(fa[0], fa[1], fa[2], fa[3], x2, x3, c0, c1, c2, c3)
         d0, d1, d2, d3 = ptx.mma_f16(fb[0], fb[1], fb[2], fb[3], x2, x3, d0, d1, d2, d3)
-        if mode == 2:
-            # rows of both tiles lie in one 128-row block (32 | 128), the chunk in one 128 column block
-            sblk = scale[((tile0 * 16) >> 7) * kb_total + (kc >> 2)]
+        if mode >= 2:
+            sblk = scale[srow * kb_total + (kc >> 2)]  # the chunk lies in one 128-column block
             a0 += c0 * sblk
             a1 += c1 * sblk
             a2 += c2 * sblk
@@ -125,8 +128,11 @@ def _scale_mode(scale: torch.Tensor, n: int, k: int) -> tuple[int, int]:
     kb = -(-k // 128)
     if tuple(scale.shape) == (-(-n // 128), kb):
         return BLOCK128, kb
+    if tuple(scale.shape) == (-(-n // 32), kb):
+        return BLOCK32, kb
     raise KernelError(f"gemv_fp8: scale shape {list(scale.shape)} is none of [1], [{n}], "
-                     f"[{-(-n // 128)}, {kb}] (per-tensor, per-channel, 128x128 blocks)")
+                     f"[{-(-n // 128)}, {kb}], [{-(-n // 32)}, {kb}] (per-tensor, per-channel, 128x128 blocks, "
+                     f"the blocks at 32-row granularity)")
 
 
 def _check(x, codes, scale, out, residual):
@@ -172,7 +178,7 @@ def gemv_fp8(x: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor, out: tor
 
 
 def fp8_dequant(w_u8: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """e4m3 bits [N, K] x scale (per-tensor / per-channel / 128-blocks) -> float32 [N, K]."""
+    """e4m3 bits [N, K] x scale (per-tensor / per-channel / 128x128 or 32x128 blocks) -> float32 [N, K]."""
     n, k = w_u8.shape
     w = w_u8.view(torch.float8_e4m3fn).float()
     s = scale.float()
@@ -180,7 +186,8 @@ def fp8_dequant(w_u8: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
         return w * s.reshape(())
     if s.numel() == n:
         return w * s.reshape(n, 1)
-    full = s.repeat_interleave(128, 0)[:n].repeat_interleave(128, 1)[:, :k]
+    rows = 128 if s.shape[0] == -(-n // 128) else 32
+    full = s.repeat_interleave(rows, 0)[:n].repeat_interleave(128, 1)[:, :k]
     return w * full
 
 

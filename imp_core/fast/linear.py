@@ -7,7 +7,7 @@ rows of a decode step with the kernel for its format:
 | weight                         | kernel                                   | layout built here        |
 |--------------------------------|------------------------------------------|--------------------------|
 | dense bf16                     | ``linear_bf16`` (cuBLAS or the numba GEMV, whichever measured faster) | none |
-| fp8 per-tensor/channel/128-block | ``gemv_fp8``                           | ``repack.fp8_tile``      |
+| fp8 per-tensor/channel/block   | ``gemv_fp8`` (128x128 blocks, or 32x128 where rows are joined or regrouped 32 at a time) | ``repack.fp8_tile`` |
 | nvfp4 (ModelOpt, compressed-tensors) | ``gemv_nvfp4``                     | ``repack.nvfp4_tile``    |
 | gguf Q4_K / Q6_K / Q8_0        | ``gemv_gguf_tc`` (tensor cores)          | ``repack_gguf.tc_tile``  |
 | gguf Q4_0 / Q5_0 (phase 3a)    | ``gemv_gguf_tc`` Q8_0                    | widened exactly to Q8_0, tiled |
@@ -89,8 +89,7 @@ def _fp8_scale(qt: QTensor) -> torch.Tensor | None:
     granularity = qt.meta.get("granularity") or ("block" if "block_size" in qt.meta else None)
     if granularity == "block" or (s.dim() == 2 and s.shape[1] > 1):
         block = tuple(qt.meta.get("block_size") or (128, 128))
-        want = (-(-n // 128), -(-k // 128))
-        if block != (128, 128) or tuple(s.shape) != want:
+        if block not in ((128, 128), (32, 128)) or tuple(s.shape) != (-(-n // block[0]), -(-k // 128)):
             return None
         return s.contiguous()
     if s.numel() == 1:
@@ -98,6 +97,14 @@ def _fp8_scale(qt: QTensor) -> torch.Tensor | None:
     if s.numel() == n:
         return s.reshape(n).contiguous()
     return None
+
+
+def _rows32(qt: QTensor, scale: torch.Tensor) -> torch.Tensor:
+    """An FP8 block scale at 32-row granularity (a 128-row block repeated four times: exact)."""
+    n = qt.shape[0]
+    if tuple(qt.meta.get("block_size") or (128, 128)) == (32, 128):
+        return scale
+    return scale.repeat_interleave(4, dim=0)[:-(-n // 32)]
 
 
 def _bind_gguf(raw: torch.Tensor, gtype: str, n: int, k: int, what: str) -> FastLinear:
@@ -176,9 +183,16 @@ def fuse_rows(weights: list[Any]) -> Any | None:
         if all(s.numel() == w.shape[0] for s, w in zip(scales, weights)):  # per-channel
             return QTensor("fp8", torch.cat([w.data for w in weights]), shape, {"scale": torch.cat(scales)},
                            {"granularity": "channel"})
-        if all(s.dim() == 2 for s in scales) and all(w.shape[0] % 128 == 0 for w in weights[:-1]):
+        blocks = [tuple(w.meta.get("block_size") or (128, 128)) for w in weights]
+        if all(s.dim() == 2 for s in scales) and all(b == (128, 128) for b in blocks) \
+                and all(w.shape[0] % 128 == 0 for w in weights[:-1]):
             return QTensor("fp8", torch.cat([w.data for w in weights]), shape, {"scale": torch.cat(scales)},
                            {"granularity": "block", "block_size": (128, 128)})
+        if all(s.dim() == 2 for s in scales) and all(w.shape[0] % 32 == 0 for w in weights[:-1]):
+            # e.g. Qwen3.6's DeltaNet b / a rows (32 each): joined at 32-row granularity
+            return QTensor("fp8", torch.cat([w.data for w in weights]), shape,
+                           {"scale": torch.cat([_rows32(w, s) for w, s in zip(weights, scales)])},
+                           {"granularity": "block", "block_size": (32, 128)})
         if all(s.numel() == 1 for s in scales) and all(torch.equal(s, scales[0]) for s in scales[1:]):
             return QTensor("fp8", torch.cat([w.data for w in weights]), shape, {"scale": scales[0]})
     return None
@@ -197,7 +211,8 @@ def bind_fused(weights: list[Any], *, name: str = "") -> tuple[FastLinear, list[
 def select_rows(weight: Any, ranges: list[tuple[int, int]]) -> Any:
     """A weight whose rows are ``weight``'s rows ``ranges`` in the given order (e.g. Qwen's
     per-head interleaved query|gate rows regrouped as all queries, then all gates). Exact: rows
-    move with their scales. Returns None where a scale block would be split (FP8 128-row blocks)."""
+    move with their scales; FP8 128-row blocks become 32-row ones where a range needs it. Returns
+    None where a scale block would still be split."""
     if isinstance(weight, torch.Tensor):
         return torch.cat([weight[a:b] for a, b in ranges])
     qt: QTensor = weight
@@ -205,18 +220,27 @@ def select_rows(weight: Any, ranges: list[tuple[int, int]]) -> Any:
     rows = sum(b - a for a, b in ranges)
     if qt.qtype == "fp8":
         s = qt.scales["scale"]
-        block = s.dim() == 2 and s.shape[-1] > 1
-        if block and any(a % 128 or b % 128 for a, b in ranges):
+        meta = dict(qt.meta)
+        block = meta.get("granularity") == "block" or "block_size" in meta or (s.dim() == 2 and s.shape[-1] > 1)
+        rows = tuple(meta.get("block_size") or (128, 128))[0] if block else 1
+        def split(r):  # a scale block cut by a range (only the last range may end at a partial block)
+            return any(a % r for a, _ in ranges) or any(b % r for _, b in ranges[:-1]) \
+                or (ranges[-1][1] % r and ranges[-1][1] != n)
+
+        if block and rows == 128 and split(128):
+            s, rows = _rows32(qt, s), 32
+            meta.update(granularity="block", block_size=(32, 128))
+        if block and split(rows):
             return None
         if block:
-            scale = torch.cat([s[a // 128:b // 128] for a, b in ranges])
+            scale = torch.cat([s[a // rows:-(-b // rows)] for a, b in ranges])
         elif s.numel() == n:
             flat = s.reshape(n)
             scale = torch.cat([flat[a:b] for a, b in ranges])
         else:
             scale = s
-        return QTensor("fp8", torch.cat([qt.data[a:b] for a, b in ranges]), (rows, k), {"scale": scale},
-                       dict(qt.meta))
+        return QTensor("fp8", torch.cat([qt.data[a:b] for a, b in ranges]), (sum(b - a for a, b in ranges), k),
+                       {"scale": scale}, meta)
     if qt.qtype == "nvfp4":
         blk = qt.scales["block"]
         return QTensor("nvfp4", torch.cat([qt.data[a:b] for a, b in ranges]), (rows, k),
