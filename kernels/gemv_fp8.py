@@ -21,7 +21,7 @@ from imp_kernels import ptx
 from imp_kernels.compat import cuda
 from imp_kernels.errors import KernelError
 from imp_kernels.launch import device_jit, jit, launch, require_aligned
-from imp_kernels.mma_frag import bf16x2_to_f16x2, load_x8_bf16, stash_frags, store_out, warp_sum
+from imp_kernels.mma_frag import bf16x2_to_f16x2, finish_tiles, launch_splits, load_x8_bf16, split_range, stash_frags
 from imp_kernels.repack import fp8_untile
 
 __all__ = ["warmup", "gemv_fp8", "gemv_fp8_ref"]
@@ -39,10 +39,10 @@ def _fp8_frags(wg, wg8):
 
 
 @device_jit(inline="always")
-def _load_fp8_chunk(x32, m_rows, k, codes, kc_total, tile0, lane, g, t, kc):
+def _load_fp8_chunk(x32, m_rows, k, codes, kc_total, kc_end, tile0, lane, g, t, kc):
     zw = np.uint32(0)
     wa, wb, xq = (zw, zw, zw, zw), (zw, zw, zw, zw), (zw, zw, zw, zw)
-    if kc < kc_total:
+    if kc < kc_end:
         i0 = (tile0 * kc_total + kc) * 32 + lane
         wa = ptx.ld_v4(codes, i0 * 4)
         wb = ptx.ld_v4(codes, (i0 + kc_total * 32) * 4)
@@ -52,8 +52,9 @@ def _load_fp8_chunk(x32, m_rows, k, codes, kc_total, tile0, lane, g, t, kc):
 
 @jit(max_registers=64)  # 65 -> 64: 32 warps/SM instead of 28, no spills (ptxas -v)
 def _gemv_fp8_kernel(x32, m_rows, k, codes, kc_total, scale, mode, kb_total, out, n_cols, out_f32,
-                     res, has_res):
+                     res, has_res, ws, tickets, splits):
     red = cuda.shared.array(0, nbt.float32)  # [warps, 32 rows, 8 cols], sized at launch
+    flag = cuda.shared.array(1, np.int32)
     tid = cuda.threadIdx.x
     lane = tid & 31
     warp = tid >> 5
@@ -66,12 +67,13 @@ def _gemv_fp8_kernel(x32, m_rows, k, codes, kc_total, scale, mode, kb_total, out
     z = np.float32(0.0)
     a0, a1, a2, a3, b0, b1, b2, b3 = z, z, z, z, z, z, z, z
     # software pipeline two chunks deep (kc+W, kc+2W in flight while kc computes)
-    kc = warp
-    wa, wb, xq = _load_fp8_chunk(x32, m_rows, k, codes, kc_total, tile0, lane, g, t, kc)
-    pa, pb, px = _load_fp8_chunk(x32, m_rows, k, codes, kc_total, tile0, lane, g, t, kc + nwarps)
-    while kc < kc_total:
+    kc0, kc1 = split_range(kc_total, splits)
+    kc = kc0 + warp
+    wa, wb, xq = _load_fp8_chunk(x32, m_rows, k, codes, kc_total, kc1, tile0, lane, g, t, kc)
+    pa, pb, px = _load_fp8_chunk(x32, m_rows, k, codes, kc_total, kc1, tile0, lane, g, t, kc + nwarps)
+    while kc < kc1:
         kn = kc + nwarps
-        na, nb, nx = _load_fp8_chunk(x32, m_rows, k, codes, kc_total, tile0, lane, g, t, kn + nwarps)
+        na, nb, nx = _load_fp8_chunk(x32, m_rows, k, codes, kc_total, kc1, tile0, lane, g, t, kn + nwarps)
         x0 = bf16x2_to_f16x2(xq[0])
         x1 = bf16x2_to_f16x2(xq[1])
         x2 = bf16x2_to_f16x2(xq[2])
@@ -105,17 +107,9 @@ def _gemv_fp8_kernel(x32, m_rows, k, codes, kc_total, scale, mode, kb_total, out
         kc = kn
     stash_frags(red, warp, g, t, a0, a1, a2, a3, b0, b1, b2, b3)
     cuda.syncthreads()
-    for idx in range(tid, 256, cuda.blockDim.x):
-        r = idx >> 3
-        m = idx & 7
-        row = tile0 * 16 + r
-        if m < m_rows and row < n_cols:
-            acc = warp_sum(red, idx, nwarps)
-            if mode == 0:
-                acc *= scale[0]
-            elif mode == 1:
-                acc *= scale[row]
-            store_out(out, out_f32, res, has_res, m, n_cols, row, acc)
+    mul = scale[0] if mode == 0 else np.float32(1.0)
+    finish_tiles(red, nwarps, tile0, m_rows, n_cols, mul, scale, mode == 1, out, out_f32, res, has_res, ws, tickets,
+                 splits, flag)
 
 
 def _scale_mode(scale: torch.Tensor, n: int, k: int) -> tuple[int, int]:
@@ -156,25 +150,28 @@ def _check(x, codes, scale, out, residual):
 
 
 def gemv_fp8(x: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor, out: torch.Tensor, *,
-             residual: torch.Tensor | None = None, warps: int | None = None) -> None:
-    """``out = x @ (W * scale)^T (+ residual)``; W from ``repack.fp8_tile``. No allocation/sync."""
+             residual: torch.Tensor | None = None, warps: int | None = None,
+             workspace: tuple[torch.Tensor, torch.Tensor] | None = None, splits: int | None = None) -> None:
+    """``out = x @ (W * scale)^T (+ residual)``; W from ``repack.fp8_tile``. No allocation/sync.
+    ``workspace`` (``mma_frag.splitk_workspace``) lets narrow weights split K over more blocks."""
     mode, kb = _check(x, codes, scale, out, residual)
     require_aligned("gemv_fp8", x, codes)
     m, k = x.shape
     nt, kc = codes.shape[:2]
     n = out.shape[1]
+    sp, ws, tickets = launch_splits(workspace, splits, nt // 2, kc, out)
     if warps is None:
-        want = max(1, -(-132 * 24 // max(1, nt // 2)))
+        want = max(1, -(-132 * 24 // max(1, nt // 2 * sp)))
         warps = 1
         while warps < want and warps < MAX_WARPS:
             warps *= 2
-        warps = max(1, min(warps, kc))
+        warps = max(1, min(warps, -(-kc // sp)))
     res = residual if residual is not None else out
-    launch(_gemv_fp8_kernel, nt // 2, 32 * warps, x.view(torch.int32).reshape(-1), m, k,
+    launch(_gemv_fp8_kernel, (nt // 2, sp), 32 * warps, x.view(torch.int32).reshape(-1), m, k,
            codes.reshape(-1), kc, scale.reshape(-1), mode, kb, out.reshape(-1), n,
            int(out.dtype == torch.float32),
            res.reshape(-1).view(torch.int16) if res.dtype == torch.bfloat16 else res.reshape(-1),
-           int(residual is not None), shared_bytes=warps * 256 * 4)
+           int(residual is not None), ws, tickets, sp, shared_bytes=warps * 256 * 4)
 
 
 def fp8_dequant(w_u8: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:

@@ -29,8 +29,8 @@ from imp_kernels import ptx
 from imp_kernels.compat import cuda
 from imp_kernels.errors import KernelError
 from imp_kernels.launch import device_jit, jit, launch, require_aligned
-from imp_kernels.mma_frag import (bf16x2_to_f16x2, load_x8_bf16, load_x16_raw, stash_frags, store_out, warp_sum,
-                                  x16_to_f16)
+from imp_kernels.mma_frag import (bf16x2_to_f16x2, finish_tiles, launch_splits, load_x8_bf16, load_x16_raw,
+                                  split_range, stash_frags, x16_to_f16)
 from imp_kernels.repack_gguf import tc_tile, tc_untile_dequant
 
 __all__ = ["warmup", "gemv_gguf_tc", "gemv_gguf_tc_ref", "KINDS"]
@@ -60,12 +60,12 @@ def _q4_frag(w, sh, s2, m2):
 
 
 @device_jit(inline="always")
-def _q4_load(codes, scales, kc_total, tile0, lane, x32, m_rows, k, g, t, kc):
+def _q4_load(codes, scales, kc_total, kc_end, tile0, lane, x32, m_rows, k, g, t, kc):
     zw = np.uint32(0)
     zq = (zw, zw, zw, zw)
     wa, wb, xa, xb = zq, zq, zq, zq
     sa, sb = zw, zw
-    if kc < kc_total:
+    if kc < kc_end:
         i0 = (tile0 * kc_total + kc) * 32 + lane
         wa = ptx.ld_v4(codes, i0 * 4)
         wb = ptx.ld_v4(codes, (i0 + kc_total * 32) * 4)
@@ -89,8 +89,10 @@ def _q4_tile(acc0, acc1, acc2, acc3, w4, sw, t, xf):
 
 
 @jit(max_registers=80)
-def _gemv_q4_kernel(x32, m_rows, k, codes, scales, kc_total, unscale, out, n_cols, out_f32, res, has_res):
+def _gemv_q4_kernel(x32, m_rows, k, codes, scales, kc_total, unscale, out, n_cols, out_f32, res, has_res,
+                    ws, tickets, splits):
     red = cuda.shared.array(0, nbt.float32)  # [warps, 32 rows, 8 cols], sized at launch
+    flag = cuda.shared.array(1, np.int32)
     tid = cuda.threadIdx.x
     lane = tid & 31
     warp = tid >> 5
@@ -100,12 +102,13 @@ def _gemv_q4_kernel(x32, m_rows, k, codes, scales, kc_total, unscale, out, n_col
     tile0 = cuda.blockIdx.x * 2
     z = np.float32(0.0)
     a0, a1, a2, a3, b0, b1, b2, b3 = z, z, z, z, z, z, z, z
-    kc = warp
-    wa, wb, sa, sb, xa, xb = _q4_load(codes, scales, kc_total, tile0, lane, x32, m_rows, k, g, t, kc)
-    pa, pb, psa, psb, pxa, pxb = _q4_load(codes, scales, kc_total, tile0, lane, x32, m_rows, k, g, t,
+    kc0, kc1 = split_range(kc_total, splits)
+    kc = kc0 + warp
+    wa, wb, sa, sb, xa, xb = _q4_load(codes, scales, kc_total, kc1, tile0, lane, x32, m_rows, k, g, t, kc)
+    pa, pb, psa, psb, pxa, pxb = _q4_load(codes, scales, kc_total, kc1, tile0, lane, x32, m_rows, k, g, t,
                                           kc + nwarps)
-    while kc < kc_total:
-        na, nb, nsa, nsb, nxa, nxb = _q4_load(codes, scales, kc_total, tile0, lane, x32, m_rows, k, g, t,
+    while kc < kc1:
+        na, nb, nsa, nsb, nxa, nxb = _q4_load(codes, scales, kc_total, kc1, tile0, lane, x32, m_rows, k, g, t,
                                               kc + 2 * nwarps)
         xf = x16_to_f16(xa, xb)
         a0, a1, a2, a3 = _q4_tile(a0, a1, a2, a3, wa, sa, t, xf)
@@ -115,12 +118,8 @@ def _gemv_q4_kernel(x32, m_rows, k, codes, scales, kc_total, unscale, out, n_col
         kc += nwarps
     stash_frags(red, warp, g, t, a0, a1, a2, a3, b0, b1, b2, b3)
     cuda.syncthreads()
-    for idx in range(tid, 256, cuda.blockDim.x):
-        r = idx >> 3
-        m = idx & 7
-        row = tile0 * 16 + r
-        if m < m_rows and row < n_cols:
-            store_out(out, out_f32, res, has_res, m, n_cols, row, warp_sum(red, idx, nwarps) * unscale)
+    finish_tiles(red, nwarps, tile0, m_rows, n_cols, unscale, ws, 0, out, out_f32, res, has_res, ws, tickets, splits,
+                 flag)
 
 
 # ------------------------------------------------------------------------------------- q8
@@ -130,12 +129,12 @@ def _q8_frag(w, sel, s2):
 
 
 @device_jit(inline="always")
-def _q8_load(codes, scales, kc_total, tile0, lane, x32, m_rows, k, g, t, kc):
+def _q8_load(codes, scales, kc_total, kc_end, tile0, lane, x32, m_rows, k, g, t, kc):
     zw = np.uint32(0)
     zq = (zw, zw, zw, zw)
     wa, wb, xq = zq, zq, zq
     sa, sb = zw, zw
-    if kc < kc_total:
+    if kc < kc_end:
         i0 = (tile0 * kc_total + kc) * 32 + lane
         wa = ptx.ld_v4(codes, i0 * 4)
         wb = ptx.ld_v4(codes, (i0 + kc_total * 32) * 4)
@@ -161,8 +160,10 @@ def _q8_tile(acc0, acc1, acc2, acc3, w4, sw, t, x0, x1, x2, x3):
 
 
 @jit(max_registers=64)
-def _gemv_q8_kernel(x32, m_rows, k, codes, scales, kc_total, unscale, out, n_cols, out_f32, res, has_res):
+def _gemv_q8_kernel(x32, m_rows, k, codes, scales, kc_total, unscale, out, n_cols, out_f32, res, has_res,
+                    ws, tickets, splits):
     red = cuda.shared.array(0, nbt.float32)
+    flag = cuda.shared.array(1, np.int32)
     tid = cuda.threadIdx.x
     lane = tid & 31
     warp = tid >> 5
@@ -172,11 +173,12 @@ def _gemv_q8_kernel(x32, m_rows, k, codes, scales, kc_total, unscale, out, n_col
     tile0 = cuda.blockIdx.x * 2
     z = np.float32(0.0)
     a0, a1, a2, a3, b0, b1, b2, b3 = z, z, z, z, z, z, z, z
-    kc = warp
-    wa, wb, sa, sb, xq = _q8_load(codes, scales, kc_total, tile0, lane, x32, m_rows, k, g, t, kc)
-    pa, pb, psa, psb, px = _q8_load(codes, scales, kc_total, tile0, lane, x32, m_rows, k, g, t, kc + nwarps)
-    while kc < kc_total:
-        na, nb, nsa, nsb, nx = _q8_load(codes, scales, kc_total, tile0, lane, x32, m_rows, k, g, t,
+    kc0, kc1 = split_range(kc_total, splits)
+    kc = kc0 + warp
+    wa, wb, sa, sb, xq = _q8_load(codes, scales, kc_total, kc1, tile0, lane, x32, m_rows, k, g, t, kc)
+    pa, pb, psa, psb, px = _q8_load(codes, scales, kc_total, kc1, tile0, lane, x32, m_rows, k, g, t, kc + nwarps)
+    while kc < kc1:
+        na, nb, nsa, nsb, nx = _q8_load(codes, scales, kc_total, kc1, tile0, lane, x32, m_rows, k, g, t,
                                         kc + 2 * nwarps)
         x0 = bf16x2_to_f16x2(xq[0])
         x1 = bf16x2_to_f16x2(xq[1])
@@ -189,12 +191,8 @@ def _gemv_q8_kernel(x32, m_rows, k, codes, scales, kc_total, unscale, out, n_col
         kc += nwarps
     stash_frags(red, warp, g, t, a0, a1, a2, a3, b0, b1, b2, b3)
     cuda.syncthreads()
-    for idx in range(tid, 256, cuda.blockDim.x):
-        r = idx >> 3
-        m = idx & 7
-        row = tile0 * 16 + r
-        if m < m_rows and row < n_cols:
-            store_out(out, out_f32, res, has_res, m, n_cols, row, warp_sum(red, idx, nwarps) * unscale)
+    finish_tiles(red, nwarps, tile0, m_rows, n_cols, unscale, ws, 0, out, out_f32, res, has_res, ws, tickets, splits,
+                 flag)
 
 
 # --------------------------------------------------------------------------------- host side
@@ -234,20 +232,23 @@ def _check(x, kind, codes, scales, out, residual):
 
 
 def gemv_gguf_tc(x: torch.Tensor, kind: str, codes: torch.Tensor, scales: torch.Tensor, out: torch.Tensor, *,
-                 unscale: float = 1.0, residual: torch.Tensor | None = None, warps: int | None = None) -> None:
+                 unscale: float = 1.0, residual: torch.Tensor | None = None, warps: int | None = None,
+                 workspace: tuple[torch.Tensor, torch.Tensor] | None = None, splits: int | None = None) -> None:
     """``out = x @ W^T (+ residual)``, W from ``repack_gguf.tc_tile`` (``kind`` "q4" or "q8", and its
-    ``unscale``). No allocation, no host sync."""
+    ``unscale``). No allocation, no host sync. ``workspace`` (``mma_frag.splitk_workspace``) lets
+    narrow weights split K over more blocks."""
     _check(x, kind, codes, scales, out, residual)
     require_aligned("gemv_gguf_tc", x, codes)
     m, k = x.shape
     nt, kc = codes.shape[:2]
-    w = warps or _block_warps(nt // 2, kc)
+    sp, ws, tickets = launch_splits(workspace, splits, nt // 2, kc, out)
+    w = warps or _block_warps(nt // 2 * sp, -(-kc // sp))
     res = residual.reshape(-1) if residual is not None else out.reshape(-1)
     kernel = _gemv_q4_kernel if kind == "q4" else _gemv_q8_kernel
-    launch(kernel, nt // 2, 32 * w, x.view(torch.int32).reshape(-1), m, k, codes.reshape(-1),
+    launch(kernel, (nt // 2, sp), 32 * w, x.view(torch.int32).reshape(-1), m, k, codes.reshape(-1),
            scales.reshape(-1), kc, np.float32(unscale), out.reshape(-1), out.shape[1], int(out.dtype == torch.float32),
            res.view(torch.int16) if res.dtype == torch.bfloat16 else res, int(residual is not None),
-           shared_bytes=w * 256 * 4)
+           ws, tickets, sp, shared_bytes=w * 256 * 4)
 
 
 def gemv_gguf_tc_ref(x, kind, codes, scales, out, *, unscale=1.0, residual=None, warps=None) -> None:

@@ -19,7 +19,8 @@ from imp_kernels import ptx
 from imp_kernels.compat import cuda
 from imp_kernels.errors import KernelError
 from imp_kernels.launch import device_jit, jit, launch, require_aligned
-from imp_kernels.mma_frag import load_x16_raw, nvfp4_frags, stash_frags, store_out, warp_sum, x16_to_f16
+from imp_kernels.mma_frag import (finish_tiles, launch_splits, load_x16_raw, nvfp4_frags, split_range, stash_frags,
+                                  x16_to_f16)
 from imp_kernels.repack import nvfp4_tile, nvfp4_untile
 
 __all__ = ["warmup", "gemv_nvfp4", "gemv_nvfp4_ref", "nvfp4_block_warps", "MAX_WARPS"]
@@ -29,13 +30,13 @@ MAX_M = 8
 
 
 @device_jit(inline="always")
-def _load_chunk(codes, scales, kc_total, tile0, lane, x32, m_rows, k, g, t, kc):
-    """Raw loads of one 64-column chunk for both tiles (zeros past the end): codes, scales, x."""
+def _load_chunk(codes, scales, kc_total, kc_end, tile0, lane, x32, m_rows, k, g, t, kc):
+    """Raw loads of one 64-column chunk for both tiles (zeros past this split's end): codes, scales, x."""
     zw = np.uint32(0)
     zq = (zw, zw, zw, zw)
     wa, wb, xa, xb = zq, zq, zq, zq
     sa, sb = zw, zw
-    if kc < kc_total:
+    if kc < kc_end:
         i0 = (tile0 * kc_total + kc) * 32 + lane
         wa = ptx.ld_v4(codes, i0 * 4)
         wb = ptx.ld_v4(codes, (i0 + kc_total * 32) * 4)
@@ -47,8 +48,9 @@ def _load_chunk(codes, scales, kc_total, tile0, lane, x32, m_rows, k, g, t, kc):
 
 @jit(max_registers=80)  # 92 -> 80: 24 warps/SM instead of 20, no spills (ptxas -v)
 def _gemv_nvfp4_kernel(x32, m_rows, k, codes, scales, kc_total, gscale, out, n_cols, out_f32,
-                       res, has_res):
+                       res, has_res, ws, tickets, splits):
     red = cuda.shared.array(0, nbt.float32)  # [warps, 32 rows, 8 cols], sized at launch
+    flag = cuda.shared.array(1, np.int32)
     tid = cuda.threadIdx.x
     lane = tid & 31
     warp = tid >> 5
@@ -59,12 +61,13 @@ def _gemv_nvfp4_kernel(x32, m_rows, k, codes, scales, kc_total, gscale, out, n_c
     z = np.float32(0.0)
     a0, a1, a2, a3, b0, b1, b2, b3 = z, z, z, z, z, z, z, z
     # software pipeline two chunks deep: chunks kc+W and kc+2W load while chunk kc computes
-    kc = warp
-    wa, wb, sa, sb, xa, xb = _load_chunk(codes, scales, kc_total, tile0, lane, x32, m_rows, k, g, t, kc)
-    pa, pb, psa, psb, pxa, pxb = _load_chunk(codes, scales, kc_total, tile0, lane, x32, m_rows, k, g, t,
+    kc0, kc1 = split_range(kc_total, splits)
+    kc = kc0 + warp
+    wa, wb, sa, sb, xa, xb = _load_chunk(codes, scales, kc_total, kc1, tile0, lane, x32, m_rows, k, g, t, kc)
+    pa, pb, psa, psb, pxa, pxb = _load_chunk(codes, scales, kc_total, kc1, tile0, lane, x32, m_rows, k, g, t,
                                              kc + nwarps)
-    while kc < kc_total:
-        na, nb, nsa, nsb, nxa, nxb = _load_chunk(codes, scales, kc_total, tile0, lane, x32, m_rows, k, g, t,
+    while kc < kc1:
+        na, nb, nsa, nsb, nxa, nxb = _load_chunk(codes, scales, kc_total, kc1, tile0, lane, x32, m_rows, k, g, t,
                                                  kc + 2 * nwarps)
         xf = x16_to_f16(xa, xb)
         sca = ptx.cvt_f16x2_e4m3x2(sa)
@@ -85,13 +88,8 @@ def _gemv_nvfp4_kernel(x32, m_rows, k, codes, scales, kc_total, gscale, out, n_c
         kc += nwarps
     stash_frags(red, warp, g, t, a0, a1, a2, a3, b0, b1, b2, b3)
     cuda.syncthreads()
-    mul = gscale[0] * np.float32(16384.0)
-    for idx in range(tid, 256, cuda.blockDim.x):
-        r = idx >> 3
-        m = idx & 7
-        row = tile0 * 16 + r
-        if m < m_rows and row < n_cols:
-            store_out(out, out_f32, res, has_res, m, n_cols, row, warp_sum(red, idx, nwarps) * mul)
+    finish_tiles(red, nwarps, tile0, m_rows, n_cols, gscale[0] * np.float32(16384.0), gscale, 0, out, out_f32, res,
+                 has_res, ws, tickets, splits, flag)
 
 
 def nvfp4_block_warps(tile_pairs: int, chunks: int) -> int:
@@ -129,21 +127,24 @@ def _check(x, codes, scales, gscale, out, residual):
 
 
 def gemv_nvfp4(x: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor, gscale: torch.Tensor,
-               out: torch.Tensor, *, residual: torch.Tensor | None = None, warps: int | None = None) -> None:
+               out: torch.Tensor, *, residual: torch.Tensor | None = None, warps: int | None = None,
+               workspace: tuple[torch.Tensor, torch.Tensor] | None = None, splits: int | None = None) -> None:
     """``out = x @ dequant(W)^T (+ residual)``; W in ``repack.nvfp4_tile`` layout. No allocation,
-    no host sync (``gscale`` stays on the device)."""
+    no host sync (``gscale`` stays on the device). ``workspace`` (``mma_frag.splitk_workspace``)
+    lets narrow weights split K over more blocks (``splits``: default ``split_plan``)."""
     _check(x, codes, scales, gscale, out, residual)
     require_aligned("gemv_nvfp4", x, codes)
     m, k = x.shape
     nt, kc = codes.shape[:2]
     n = out.shape[1]
-    w = warps or nvfp4_block_warps(nt // 2, kc)
+    sp, ws, tickets = launch_splits(workspace, splits, nt // 2, kc, out)
+    w = warps or nvfp4_block_warps(nt // 2 * sp, -(-kc // sp))
     res = residual.reshape(-1) if residual is not None else out.reshape(-1)
-    launch(_gemv_nvfp4_kernel, nt // 2, 32 * w,
+    launch(_gemv_nvfp4_kernel, (nt // 2, sp), 32 * w,
            x.view(torch.int32).reshape(-1), m, k, codes.reshape(-1), scales.reshape(-1), kc,
            gscale.reshape(-1), out.reshape(-1), n, int(out.dtype == torch.float32),
            res.view(torch.int16) if res.dtype == torch.bfloat16 else res, int(residual is not None),
-           shared_bytes=w * 256 * 4)
+           ws, tickets, sp, shared_bytes=w * 256 * 4)
 
 
 def nvfp4_dequant(codes_u8: torch.Tensor, scales_u8: torch.Tensor, gscale) -> torch.Tensor:

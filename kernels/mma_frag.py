@@ -12,12 +12,15 @@ below that; documented limit of the quantized GEMVs).
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from imp_kernels import ptx
+from imp_kernels.compat import cuda
 from imp_kernels.launch import device_jit
 
 __all__ = ["bf16x2_to_f16x2", "load_x16_f16", "load_x16_raw", "x16_to_f16", "load_x8_f16", "load_x8_bf16", "nvfp4_frags",
-           "store_out", "stash_frags", "warp_sum"]
+           "store_out", "stash_frags", "warp_sum", "split_range", "finish_tiles", "split_plan", "splitk_workspace",
+           "launch_splits"]
 
 
 @device_jit(inline="always")
@@ -129,3 +132,104 @@ def warp_sum(red, idx, nwarps):
     for w in range(nwarps):
         acc += red[w * 256 + idx]
     return acc
+
+
+# ------------------------------------------------------------------------------- split-K
+# A GEMV with few output rows (N = 2048..6144 at decode) has fewer blocks than two waves of 132
+# SMs: 160 blocks of two tiles for N = 5120 leave most SMs idle for the second wave. Splitting K
+# over blockIdx.y gives more, shorter blocks; each split's sums go to its slice of a workspace
+# and the last block of a tile pair to arrive (a ticket) adds the slices in split order, so the
+# result does not depend on the blocks' order (graph replays stay bit-identical).
+SPLIT_MAX = 8
+
+
+def split_plan(tile_pairs: int, chunks: int) -> int:
+    """Splits of K for a GEMV of ``tile_pairs`` blocks and ``chunks`` K-chunks: enough blocks for
+    about three waves of 132 SMs, each split at least 8 chunks long."""
+    if tile_pairs >= 2 * 132:
+        return 1
+    return max(1, min(SPLIT_MAX, -(-3 * 132 // tile_pairs), chunks // 8))
+
+
+def splitk_workspace(n_rows: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(partial sums float32 [SPLIT_MAX * 8 * N], tickets int32 [tile pairs], zero) for a GEMV
+    of ``n_rows`` outputs and up to 8 activation rows; allocated once per weight."""
+    pairs = -(-n_rows // 32)
+    return (torch.zeros(SPLIT_MAX * 8 * pairs * 32, dtype=torch.float32, device=device),
+            torch.zeros(pairs, dtype=torch.int32, device=device))
+
+
+_DUMMIES: dict = {}
+
+
+def launch_splits(workspace, splits, tile_pairs: int, chunks: int, out: torch.Tensor):
+    """(splits, partial sums, tickets) launch arguments: without a workspace one split and
+    placeholders (never written: a 1-D float32 and int32 tensor cached per device)."""
+    if workspace is None or splits == 1:
+        d = _DUMMIES.get(out.device)
+        if d is None:
+            d = _DUMMIES[out.device] = (torch.zeros(1, dtype=torch.float32, device=out.device),
+                                        torch.zeros(1, dtype=torch.int32, device=out.device))
+        return 1, d[0], d[1]
+    ws, tickets = workspace
+    sp = splits or split_plan(tile_pairs, chunks)
+    if ws.dtype != torch.float32 or tickets.dtype != torch.int32 or tickets.numel() < tile_pairs \
+            or ws.numel() < sp * tile_pairs * 256 or not 1 <= sp <= SPLIT_MAX:
+        from imp_kernels.errors import KernelError
+
+        raise KernelError(f"split-K workspace too small or of the wrong type for {tile_pairs} tile pairs x {sp} "
+                          f"splits (use mma_frag.splitk_workspace)")
+    return sp, ws, tickets
+
+
+@device_jit(inline="always")
+def split_range(kc_total, splits):
+    """[kc0, kc1): the K chunks of this block's split (blockIdx.y)."""
+    per = (kc_total + splits - 1) // splits
+    kc0 = cuda.blockIdx.y * per
+    return kc0, min(kc_total, kc0 + per)
+
+
+@device_jit(inline="always")
+def finish_tiles(red, nwarps, tile0, m_rows, n_cols, mul, rowscale, per_row, out, out_f32, res, has_res, ws,
+                 tickets, splits, flag):
+    """Store a block's two 16-row tiles (after the barrier that completed ``red``), times ``mul``
+    (and ``rowscale[row]`` when ``per_row``): directly, or with a K split (see above). ``flag``:
+    a shared int32 [1]."""
+    tid = cuda.threadIdx.x
+    if splits == 1:
+        for idx in range(tid, 256, cuda.blockDim.x):
+            r = idx >> 3
+            m = idx & 7
+            row = tile0 * 16 + r
+            if m < m_rows and row < n_cols:
+                v = warp_sum(red, idx, nwarps) * mul
+                if per_row:
+                    v *= rowscale[row]
+                store_out(out, out_f32, res, has_res, m, n_cols, row, v)
+        return
+    pair = cuda.blockIdx.x
+    slab = cuda.gridDim.x * 256
+    for idx in range(tid, 256, cuda.blockDim.x):
+        ws[cuda.blockIdx.y * slab + pair * 256 + idx] = warp_sum(red, idx, nwarps)
+    cuda.threadfence()
+    cuda.syncthreads()
+    if tid == 0:
+        flag[0] = 1 if cuda.atomic.add(tickets, pair, 1) == splits - 1 else 0
+    cuda.syncthreads()
+    if flag[0] == 0:
+        return
+    for idx in range(tid, 256, cuda.blockDim.x):
+        r = idx >> 3
+        m = idx & 7
+        row = tile0 * 16 + r
+        if m < m_rows and row < n_cols:
+            acc = np.float32(0.0)
+            for sp in range(splits):  # in split order; an atomic read sees the other blocks' stores
+                acc += cuda.atomic.add(ws, sp * slab + pair * 256 + idx, np.float32(0.0))
+            acc *= mul
+            if per_row:
+                acc *= rowscale[row]
+            store_out(out, out_f32, res, has_res, m, n_cols, row, acc)
+    if tid == 0:
+        tickets[pair] = 0

@@ -62,3 +62,25 @@ def test_gemv_nvfp4_rejects_bad_shapes():
         gemv_nvfp4(torch.zeros(9, 64).bfloat16(), ct, st, gs, torch.zeros(9, 32).bfloat16())
     with pytest.raises(KernelError):
         gemv_nvfp4(torch.zeros(1, 128).bfloat16(), ct, st, gs, torch.zeros(1, 32).bfloat16())
+
+
+@pytest.mark.parametrize("splits", [2, 3])
+def test_split_k_sums_the_splits_in_order_and_resets_its_tickets(splits):
+    from imp_kernels.mma_frag import splitk_workspace
+
+    m, n, k = 2, 40, 1024  # 16 chunks of 64 over 2 tile pairs
+    codes, scales, gs = _weights(n, k, seed=11)
+    ct, st = nvfp4_tile(codes, scales)
+    x = torch.randn(m, k, generator=torch.Generator().manual_seed(8)).bfloat16()
+    res = torch.randn(m, n).bfloat16()
+    ws = splitk_workspace(n, "cpu")
+    ws[0].fill_(float("nan"))  # every partial is written before it is read
+    one = torch.full((m, n), float("nan"), dtype=torch.float32)
+    gemv_nvfp4(x, ct, st, gs, one, residual=res, warps=2)
+    for _ in range(2):  # twice: the tickets must be back at zero after a launch
+        out = torch.full((m, n), float("nan"), dtype=torch.float32)
+        gemv_nvfp4(x, ct, st, gs, out, residual=res, warps=2, workspace=ws, splits=splits)
+        assert torch.equal(ws[1], torch.zeros_like(ws[1]))
+        assert rel_err(out, one) < 1e-6  # the same sums, another order
+    w = dequant_nvfp4(codes, scales, gs.reshape(()), dtype=torch.float64)
+    assert rel_err(out, x.double() @ w.t() + res.double()) < 2e-3

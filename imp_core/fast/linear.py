@@ -63,18 +63,32 @@ class FastLinear:
     def __call__(self, x: torch.Tensor, out: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         gemv_bf16, gemv_fp8, gemv_gguf, gemv_nvfp4, _, _, gemv_gguf_tc = _kernels()
         t = self.tensors
+        ws = self.meta.get("splitk")
         if self.kind == "bf16":
             gemv_bf16.linear_bf16(x, t["weight"], out, residual=residual)
         elif self.kind == "fp8":
-            gemv_fp8.gemv_fp8(x, t["codes"], t["scale"], out, residual=residual)
+            gemv_fp8.gemv_fp8(x, t["codes"], t["scale"], out, residual=residual, workspace=ws)
         elif self.kind == "nvfp4":
-            gemv_nvfp4.gemv_nvfp4(x, t["codes"], t["scales"], t["gscale"], out, residual=residual)
+            gemv_nvfp4.gemv_nvfp4(x, t["codes"], t["scales"], t["gscale"], out, residual=residual, workspace=ws)
         elif self.kind.startswith("gguf-tc:"):
             gemv_gguf_tc.gemv_gguf_tc(x, self.meta["tc"], t["codes"], t["scales"], out, unscale=self.meta["unscale"],
-                                      residual=residual)
+                                      residual=residual, workspace=ws)
         else:
             gemv_gguf.gemv_gguf(x, t["raw32"], self.meta["qtype"], self.n, out, residual=residual)
         return out
+
+
+def _with_splitk(lin: FastLinear) -> FastLinear:
+    """Give a tiled tensor-core GEMV whose rows fill fewer than two waves of blocks its split-K
+    workspace (allocated once here; the plan says how many splits)."""
+    from imp_kernels.mma_frag import split_plan, splitk_workspace
+
+    codes = lin.tensors["codes"]
+    splits = split_plan(codes.shape[0] // 2, codes.shape[1])
+    if splits > 1:
+        lin.meta["splitk"] = splitk_workspace(lin.n, codes.device)
+        lin.reason += f", K split {splits} ways"
+    return lin
 
 
 def _dense(w: torch.Tensor, reason: str) -> FastLinear:
@@ -115,8 +129,9 @@ def _bind_gguf(raw: torch.Tensor, gtype: str, n: int, k: int, what: str) -> Fast
     exponent, why = repack_gguf.tc_exponent(raw, gtype, n, k)
     if exponent is not None:
         tc, codes, scales, unscale = repack_gguf.tc_tile(raw, gtype, n, k, exponent)
-        return FastLinear(f"gguf-tc:{gtype}", f"{what}: tensor-core GEMV, weights rounded once to f16", n, k,
-                          {"codes": codes, "scales": scales}, {"qtype": gtype, "tc": tc, "unscale": unscale})
+        return _with_splitk(FastLinear(f"gguf-tc:{gtype}", f"{what}: tensor-core GEMV, weights rounded once to f16",
+                                       n, k, {"codes": codes, "scales": scales},
+                                       {"qtype": gtype, "tc": tc, "unscale": unscale}))
     return FastLinear(f"gguf:{gtype}", f"{what}: GEMV on the native blocks ({why})", n, k,
                       {"raw32": gguf_common.gguf_device_buffer(raw)}, {"qtype": gtype})
 
@@ -133,13 +148,13 @@ def bind_linear(weight: Any, *, name: str = "") -> FastLinear:
     if qt.qtype == "nvfp4":
         codes, scales = repack.nvfp4_tile(qt.data, qt.scales["block"].view(torch.uint8))
         gscale = qt.scales["global"].float().reshape(1).contiguous()
-        return FastLinear("nvfp4", "nvfp4: tensor-core GEMV on the packed codes", n, k,
-                          {"codes": codes, "scales": scales, "gscale": gscale})
+        return _with_splitk(FastLinear("nvfp4", "nvfp4: tensor-core GEMV on the packed codes", n, k,
+                                       {"codes": codes, "scales": scales, "gscale": gscale}))
     if qt.qtype == "fp8":
         scale = _fp8_scale(qt)
         if scale is not None:
-            return FastLinear("fp8", "fp8: tensor-core GEMV on the e4m3 codes", n, k,
-                              {"codes": repack.fp8_tile(qt.data), "scale": scale})
+            return _with_splitk(FastLinear("fp8", "fp8: tensor-core GEMV on the e4m3 codes", n, k,
+                                           {"codes": repack.fp8_tile(qt.data), "scale": scale}))
         return _dense(qt.dequantize(torch.bfloat16),
                       "fp8 with a scale granularity the kernel lacks: dequantised to bf16 (phase 3a)")
     if qt.qtype.startswith("gguf:"):

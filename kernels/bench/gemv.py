@@ -62,6 +62,14 @@ def case_list(quick: bool, stride: int = 1):
     for label, n, k in (MISTRAL[0], MISTRAL[2]):
         cases.append(lambda label=label, n=n, k=k: bc.case_gguf_tc(label, "Q8_0", n, k))
     cases.append(lambda: bc.case_gguf_tc("mistral gate_up", "Q4_K", 65536, 5120, m=4))
+    # split-K (as the fast path binds weights of fewer than two waves of blocks)
+    for label, n, k in [MISTRAL[0], MISTRAL[1], MISTRAL[3], QWEN[1], QWEN[2], GEMMA[0], GEMMA[3]]:
+        cases.append(lambda label=label, n=n, k=k: bc.case_nvfp4(label, n, k, splitk=True))
+    for label, n, k in [MISTRAL[0], MISTRAL[3], QWEN[1], QWEN[2]]:
+        cases.append(lambda label=label, n=n, k=k: bc.case_fp8(label, n, k, gran="block", splitk=True))
+    for label, n, k in [MISTRAL[0], MISTRAL[1], MISTRAL[3]]:
+        cases.append(lambda label=label, n=n, k=k: bc.case_gguf_tc(label, "Q4_K", n, k, splitk=True))
+    cases.append(lambda: bc.case_gguf_tc(MISTRAL[3][0], "Q6_K", MISTRAL[3][1], MISTRAL[3][2], splitk=True))
     for q in ("Q4_K", "Q6_K"):  # register-uncapped builds, for comparison
         cases.append(lambda q=q: bc.case_gguf(MISTRAL[3][0], q, MISTRAL[3][1], MISTRAL[3][2], variant="uncapped"))
     for label, n, k in (("qwen router", 256, 2048), ("qwen deltanet a/b", 32, 2048), ("gemma router", 128, 2816),

@@ -64,7 +64,14 @@ def nvfp4_random(n, k):
     return codes, scales, gs
 
 
-def case_nvfp4(name, n, k, m=1, residual=False):
+def _splitk(on, n):
+    """A split-K workspace per weight set (as the fast path binds one per weight), or None."""
+    from imp_kernels.mma_frag import splitk_workspace
+
+    return (lambda: splitk_workspace(n, DEV)) if on else (lambda: None)
+
+
+def case_nvfp4(name, n, k, m=1, residual=False, splitk=False):
     codes, scales, gs = nvfp4_random(n, k)
     ct, st = nvfp4_tile(codes, scales)
     wbytes = ct.numel() * 4 + st.numel() * 2
@@ -76,9 +83,10 @@ def case_nvfp4(name, n, k, m=1, residual=False):
     res = [torch.randn(m, n, device=DEV).bfloat16() for _ in range(nsets)] if residual else [None] * nsets
     wbf = nvfp4_dequant(codes, scales, gs).bfloat16()
     wbfs = [wbf] + [wbf.clone() for _ in range(min(nsets, _nsets(wbf.numel() * 2)) - 1)]
+    wss = [_splitk(splitk, n)() for _ in range(nsets)]
 
     def run(i):
-        gemv_nvfp4(xs[i], cts[i], sts[i], gs, outs[i], residual=res[i])
+        gemv_nvfp4(xs[i], cts[i], sts[i], gs, outs[i], residual=res[i], workspace=wss[i])
 
     def trun(i):
         torch.mm(xs[i], wbfs[i % len(wbfs)].t(), out=outs[i])
@@ -91,10 +99,11 @@ def case_nvfp4(name, n, k, m=1, residual=False):
         return rel(outs[0], ref)
 
     moved = wbytes + m * k * 2 + m * n * 2 * (2 if residual else 1)
-    return Case("nvfp4", f"{name} {n}x{k}", m, nsets, moved, run, check, trun, "torch.mm bf16 (dequantised W)")
+    return Case("nvfp4" + ("-splitk" if splitk else ""), f"{name} {n}x{k}", m, nsets, moved, run, check, trun,
+                "torch.mm bf16 (dequantised W)")
 
 
-def case_fp8(name, n, k, m=1, gran="tensor"):
+def case_fp8(name, n, k, m=1, gran="tensor", splitk=False):
     w = (torch.randn(n, k, device=DEV) * 30).clamp(-440, 440).to(torch.float8_e4m3fn)
     if gran == "tensor":
         scale = torch.full((1,), 0.003, device=DEV)
@@ -110,9 +119,10 @@ def case_fp8(name, n, k, m=1, gran="tensor"):
     outs = [torch.empty(m, n, dtype=torch.bfloat16, device=DEV) for _ in range(nsets)]
     wbf = fp8_dequant(w.view(torch.uint8), scale).bfloat16()
     wbfs = [wbf] + [wbf.clone() for _ in range(min(nsets, _nsets(wbf.numel() * 2)) - 1)]
+    wss = [_splitk(splitk, n)() for _ in range(nsets)]
 
     def run(i):
-        gemv_fp8(xs[i], cts[i], scale, outs[i])
+        gemv_fp8(xs[i], cts[i], scale, outs[i], workspace=wss[i])
 
     def trun(i):
         torch.mm(xs[i], wbfs[i % len(wbfs)].t(), out=outs[i])
@@ -121,8 +131,8 @@ def case_fp8(name, n, k, m=1, gran="tensor"):
         run(0)
         return rel(outs[0], xs[0].float() @ fp8_dequant(w.view(torch.uint8), scale).t())
 
-    return Case(f"fp8-{gran}", f"{name} {n}x{k}", m, nsets, wbytes + m * k * 2 + m * n * 2, run, check, trun,
-                "torch.mm bf16 (dequantised W)")
+    return Case(f"fp8-{gran}" + ("-splitk" if splitk else ""), f"{name} {n}x{k}", m, nsets,
+                wbytes + m * k * 2 + m * n * 2, run, check, trun, "torch.mm bf16 (dequantised W)")
 
 
 def gguf_random(qtype, n, k):
@@ -170,7 +180,7 @@ def case_gguf(name, qtype, n, k, m=1, variant="capped"):
                 "torch.mm bf16 (dequantised W)")
 
 
-def case_gguf_tc(name, qtype, n, k, m=1):
+def case_gguf_tc(name, qtype, n, k, m=1, splitk=False):
     """The tensor-core GGUF GEMV on the same random blocks, re-tiled as the fast path binds them."""
     from imp_kernels.gemv_gguf_tc import gemv_gguf_tc
     from imp_kernels.repack_gguf import tc_form, tc_tile
@@ -183,16 +193,17 @@ def case_gguf_tc(name, qtype, n, k, m=1):
     sets = [(codes, scales)] + [(codes.clone(), scales.clone()) for _ in range(nsets - 1)]
     xs = _x(m, k, nsets)
     outs = [torch.empty(m, n, dtype=torch.bfloat16, device=DEV) for _ in range(nsets)]
+    wss = [_splitk(splitk, n)() for _ in range(nsets)]
 
     def run(i):
-        gemv_gguf_tc(xs[i], kind, sets[i][0], sets[i][1], outs[i], unscale=unscale)
+        gemv_gguf_tc(xs[i], kind, sets[i][0], sets[i][1], outs[i], unscale=unscale, workspace=wss[i])
 
     def check():
         run(0)
         return rel(outs[0], xs[0].float() @ gguf_dequant(raw, qtype, n, k).t())
 
-    return Case(f"gguf-tc-{qtype}", f"{name} {n}x{k}", m, nsets, wbytes + m * k * 2 + m * n * 2, run, check, None,
-                "")
+    return Case(f"gguf-tc-{qtype}" + ("-splitk" if splitk else ""), f"{name} {n}x{k}", m, nsets,
+                wbytes + m * k * 2 + m * n * 2, run, check, None, "")
 
 
 def case_bf16(name, n, k, m=1):
