@@ -53,5 +53,5 @@ def test_gguf_tc_split_k_matches_one_split(qtype):
 def test_split_plan_splits_only_narrow_weights():
     assert split_plan(2048, 80) == 1  # Mistral gate_up: 2048 blocks already
     assert split_plan(160, 512) == 3  # Mistral down (N = 5120): 160 blocks -> 480
-    assert split_plan(64, 64) == 7    # Qwen3.6 out_proj (N = 2048)
-    assert split_plan(64, 16) == 2    # short K: at least 8 chunks a split
+    assert split_plan(64, 64) == 1    # Qwen3.6 out_proj (K = 4096): the split's fixed cost outweighs it
+    assert split_plan(64, 512) == 7

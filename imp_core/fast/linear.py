@@ -80,7 +80,8 @@ class FastLinear:
 
 def _with_splitk(lin: FastLinear) -> FastLinear:
     """Give a tiled tensor-core GEMV whose rows fill fewer than two waves of blocks its split-K
-    workspace (allocated once here; the plan says how many splits)."""
+    workspace (allocated once here; the plan says how many splits). Not FP8: its kernel was not
+    measured faster split (kernels/bench/gemv.py has both)."""
     from imp_kernels.mma_frag import split_plan, splitk_workspace
 
     codes = lin.tensors["codes"]
@@ -153,8 +154,8 @@ def bind_linear(weight: Any, *, name: str = "") -> FastLinear:
     if qt.qtype == "fp8":
         scale = _fp8_scale(qt)
         if scale is not None:
-            return _with_splitk(FastLinear("fp8", "fp8: tensor-core GEMV on the e4m3 codes", n, k,
-                                           {"codes": repack.fp8_tile(qt.data), "scale": scale}))
+            return FastLinear("fp8", "fp8: tensor-core GEMV on the e4m3 codes", n, k,
+                          {"codes": repack.fp8_tile(qt.data), "scale": scale})
         return _dense(qt.dequantize(torch.bfloat16),
                       "fp8 with a scale granularity the kernel lacks: dequantised to bf16 (phase 3a)")
     if qt.qtype.startswith("gguf:"):

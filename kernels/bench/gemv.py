@@ -67,6 +67,7 @@ def case_list(quick: bool, stride: int = 1):
         cases.append(lambda label=label, n=n, k=k: bc.case_nvfp4(label, n, k, splitk=True))
     for label, n, k in [MISTRAL[0], MISTRAL[3], QWEN[1], QWEN[2]]:
         cases.append(lambda label=label, n=n, k=k: bc.case_fp8(label, n, k, gran="block", splitk=True))
+    cases.append(lambda: bc.case_fp8(MISTRAL[3][0], MISTRAL[3][1], MISTRAL[3][2], gran="block"))  # vs the split
     for label, n, k in [MISTRAL[0], MISTRAL[1], MISTRAL[3]]:
         cases.append(lambda label=label, n=n, k=k: bc.case_gguf_tc(label, "Q4_K", n, k, splitk=True))
     cases.append(lambda: bc.case_gguf_tc(MISTRAL[3][0], "Q6_K", MISTRAL[3][1], MISTRAL[3][2], splitk=True))
