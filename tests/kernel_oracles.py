@@ -91,8 +91,11 @@ def attn_decode_engine(q, k_cache, v_cache, slot_pos, pos, out, *, scale, window
 
 
 def route_engine(x, weight, ids, weights, *, top_k, workspace=None, norm_scale=None, per_expert_scale=None,
-                 eps=1e-6) -> None:
-    """``imp_kernels.router.route`` through the engine's router code (rms_norm, softmax_topk)."""
+                 eps=1e-6, extra_weight=None, extra_out=None, round_weights_bf16=False) -> None:
+    """``imp_kernels.router.route`` through the engine's router code (rms_norm, softmax_topk; the
+    extra rows as Qwen's shared-expert gate, a bf16 linear)."""
+    if extra_weight is not None:
+        extra_out.copy_(torch.nn.functional.linear(x, extra_weight))
     if norm_scale is not None:
         rn = rms_norm(x, None, eps) * norm_scale * (x.shape[1] ** -0.5)
         logits = torch.nn.functional.linear(rn, weight)
@@ -102,7 +105,7 @@ def route_engine(x, weight, ids, weights, *, top_k, workspace=None, norm_scale=N
         logits = torch.nn.functional.linear(x, weight)
         w, i = softmax_topk(logits, top_k, renormalize=True)
     ids.copy_(i)
-    weights.copy_(w)
+    weights.copy_(w.bfloat16() if round_weights_bf16 else w)
 
 
 def gdn_decode_imp_core(mixed, conv_state, conv_w, a, b, a_log, dt_bias, z, norm_w, state, out, *, eps, n_k_heads,

@@ -136,7 +136,10 @@ def router_workspace(n_experts: int, device):
 
 
 def route(x, weight, ids, weights, *, top_k: int, workspace, norm_scale=None, per_expert_scale=None,
-          eps: float = 1e-6) -> None:
-    """Router GEMV + softmax + top-k + renormalise on the device (Qwen; Gemma with its scales)."""
+          eps: float = 1e-6, extra_weight=None, extra_out=None, round_weights_bf16: bool = False) -> None:
+    """Router GEMV + softmax + top-k + renormalise on the device (Qwen; Gemma with its scales), plus
+    ``extra_weight``'s rows dotted with x into ``extra_out`` (Qwen's shared-expert gate) in the same
+    launch; ``round_weights_bf16`` stores fp32 weights rounded to bf16."""
     kernels()[4].route(x, weight, ids, weights, top_k=top_k, workspace=workspace, norm_scale=norm_scale,
-                       per_expert_scale=per_expert_scale, eps=eps)
+                       per_expert_scale=per_expert_scale, eps=eps, extra_weight=extra_weight, extra_out=extra_out,
+                       round_weights_bf16=round_weights_bf16)

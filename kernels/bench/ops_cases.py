@@ -293,36 +293,50 @@ def _gdn_cases(device, tiny) -> list[Case]:
 
 # ------------------------------------------------------------------------------- routers
 def _router_cases(device, tiny) -> list[Case]:
-    specs = [("qwen 256x2048 top-8", 1, 256, 2048, 8, False), ("qwen 256x2048 top-8", 8, 256, 2048, 8, False),
-             ("gemma 128x2816 top-8", 1, 128, 2816, 8, True)]
+    # (name, M, E, H, k, gemma, extra rows): the last is Qwen's decode call, with the shared-expert
+    # gate row and fp32 weights rounded to bf16
+    specs = [("qwen 256x2048 top-8", 1, 256, 2048, 8, False, 0), ("qwen 256x2048 top-8", 8, 256, 2048, 8, False, 0),
+             ("gemma 128x2816 top-8", 1, 128, 2816, 8, True, 0),
+             ("qwen 256x2048 top-8 + shared gate, rounded w", 1, 256, 2048, 8, False, 1)]
     if tiny:
-        specs = [(n, m, e // 8, h // 16, k // 2, gm) for n, m, e, h, k, gm in specs]
+        specs = [(n, m, e // 8, h // 16, k // 2, gm, r) for n, m, e, h, k, gm, r in specs]
     out = []
-    for name, m, e, h, k, gemma in specs:
+    for name, m, e, h, k, gemma, n_extra in specs:
         ws = rt.router_workspace(e, device)
 
-        def build(seed, m=m, e=e, h=h, k=k, gemma=gemma):
+        def build(seed, m=m, e=e, h=h, k=k, gemma=gemma, n_extra=n_extra):
             r = _gen(seed, device)
-            return dict(x=r(m, h, scale=2.0), weight=r(e, h, scale=3 * h ** -0.5),
-                        ids=torch.zeros(m, k, dtype=torch.int64 if gemma else torch.int32, device=device),
-                        weights=r(m, k, dtype=torch.float32) if gemma else r(m, k),
-                        norm_scale=(r(h, scale=0.2) + 1.0) if gemma else None,
-                        per_expert_scale=(r(e, scale=0.2) + 1.0) if gemma else None)
+            kw = dict(x=r(m, h, scale=2.0), weight=r(e, h, scale=3 * h ** -0.5),
+                      ids=torch.zeros(m, k, dtype=torch.int64 if gemma else torch.int32, device=device),
+                      weights=r(m, k, dtype=torch.float32) if gemma or n_extra else r(m, k),
+                      norm_scale=(r(h, scale=0.2) + 1.0) if gemma else None,
+                      per_expert_scale=(r(e, scale=0.2) + 1.0) if gemma else None)
+            if n_extra:
+                kw.update(extra_weight=r(n_extra, h, scale=h ** -0.5), extra_out=r(m, n_extra, dtype=torch.float32))
+            return kw
 
-        def compare(a, b):
-            # ids as sets (torch.topk may order exact ties differently); weights to fp32/bf16 rounding
+        def compare(a, b, rnd=n_extra > 0):
+            # ids as sets (torch.topk may order exact ties differently); weights to fp32/bf16 rounding;
+            # the extra rows to one bf16 ulp (fp32 summation order)
             same = torch.equal(a["ids"].sort(-1).values.long(), b["ids"].sort(-1).values.long())
             wa, wb = a["weights"].double().sort(-1).values, b["weights"].double().sort(-1).values
-            tol = 1e-5 if a["weights"].dtype == torch.float32 else 8e-3
+            tol = 1e-5 if a["weights"].dtype == torch.float32 and not rnd else 8e-3
             close = bool(torch.allclose(wa, wb, rtol=tol, atol=0))
             worst = float(((wa - wb).abs() / wb.abs()).max())
-            return same and close, f"ids {'equal' if same else 'DIFFER'}, weights max rel {worst:.1e}"
+            detail = f"ids {'equal' if same else 'DIFFER'}, weights max rel {worst:.1e}"
+            if "extra_out" in a:
+                xa, xb = a["extra_out"].double(), b["extra_out"].double()
+                close = close and bool(torch.allclose(xa, xb, rtol=2 ** -7, atol=1e-30))
+                detail += f", extra rows max rel {float(((xa - xb).abs() / xb.abs().clamp_min(1e-30)).max()):.1e}"
+            return same and close, detail
 
-        kwargs = dict(top_k=k, workspace=ws)
+        kwargs = dict(top_k=k, workspace=ws, round_weights_bf16=n_extra > 0)
+        what = "torch router (linear + softmax + topk)" + (" + shared-gate linear" if n_extra else "")
         out.append(Case("router", name, build, lambda kwargs=kwargs, **kw: rt.route(**kw, **kwargs),
                         lambda kwargs=kwargs, **kw: rt.route_ref(**kw, **kwargs), compare,
-                        e * h * 2 + m * h * 2 + (2 * h if gemma else 0), ("weights", "ids"), m=m,
-                        torch_what="torch router (linear + softmax + topk)", extra={"kwargs": kwargs}))
+                        (e + n_extra) * h * 2 + m * h * 2 + (2 * h if gemma else 0),
+                        ("weights", "ids") + (("extra_out",) if n_extra else ()), m=m,
+                        torch_what=what, extra={"kwargs": kwargs}))
     return out
 
 

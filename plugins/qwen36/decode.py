@@ -6,7 +6,9 @@ from per-head [q_h | gate_h] to [all q | all gates], an exact row move) -> q/k z
 -> o GEMV with the residual fused. Gated DeltaNet layers: in_proj qkv|z|b|a in one GEMV -> the
 one-launch DeltaNet step (conv, gates, state update, gated norm) -> out_proj with the residual
 fused. MoE: router + softmax + top-k on the device, then the experts (and the shared expert,
-fused where the format allows) with the residual fused; dense variant: gate|up, act, down.
+fused where the format allows) with the residual fused; where the shared expert is fused, the
+router launch also computes its gate logit and writes the routing weights bf16-rounded in fp32;
+dense variant: gate|up, act, down.
 """
 
 from __future__ import annotations
@@ -87,14 +89,18 @@ class _Moe:
         self.experts = bind_experts(mlp.experts.gate_up, mlp.experts.down, act=cfg.hidden_act, top_k=mlp.top_k,
                                     shared=(fuse_rows([shared.gate.weight, shared.up.weight]), shared.down.weight))
         release_packed_stacks(mlp.experts, self.experts)
-        self.shared_gate = bind_linear(mlp.shared_gate.weight, name="shared_expert_gate")
-        self.shared = None if self.experts.shared_fused else FastGatedMLP(shared.gate, shared.up, shared.down,
-                                                                          cfg.hidden_act)
+        fused = self.experts.shared_fused
+        gate = mlp.shared_gate.weight
+        # fused shared expert: the router launch also computes the gate logit, from a dense bf16 row
+        self.shared_gate_w = dense_weight(gate, torch.bfloat16).contiguous().view(1, -1) if fused else None
+        self.shared_gate = None if fused else bind_linear(gate, name="shared_expert_gate")
+        self.shared = None if fused else FastGatedMLP(shared.gate, shared.up, shared.down, cfg.hidden_act)
         self.reason = self.experts.reason + ("" if self.shared is None else f"; shared expert: {self.shared.gate_up.reason}")
 
     @property
     def nbytes(self) -> int:
-        return (self.router.numel() * 2 + self.experts.nbytes_per_token + self.shared_gate.nbytes
+        gate = self.shared_gate_w.numel() * 2 if self.shared is None else self.shared_gate.nbytes
+        return (self.router.numel() * 2 + gate + self.experts.nbytes_per_token
                 + (self.shared.nbytes if self.shared is not None else 0))
 
 
@@ -178,17 +184,22 @@ class Qwen36Decoder(Decoder):
         mixer.out(self.gdn_out, self.resid, residual=self.resid)
 
     def _moe(self, moe: _Moe) -> None:
-        cfg = self.f.cfg
-        ops.route(self.normed, moe.router, self.ids, self.w_bf16, top_k=cfg.num_experts_per_tok,
-                  workspace=self.router_ws)
-        self.follow_routing(self.ids, self.w_bf16)
-        self.w_f32.copy_(self.w_bf16)  # the reference combines with bf16 routing weights
-        moe.shared_gate(self.normed, self.shared_logit)
+        k = self.f.cfg.num_experts_per_tok
         if moe.shared is None:  # shared expert fused into the MoE launches
-            self.shared_logit_f32.copy_(self.shared_logit)
+            # one launch: ids, the weights rounded to bf16 (the reference combines with bf16 routing
+            # weights) stored fp32 for the experts, and the shared-expert gate logit
+            ops.route(self.normed, moe.router, self.ids, self.w_f32, top_k=k, workspace=self.router_ws,
+                      extra_weight=moe.shared_gate_w, extra_out=self.shared_logit_f32, round_weights_bf16=True)
+            if self.forced_routes is not None:  # check mode: the reference's routing, rounded the same way
+                self.follow_routing(self.ids, self.w_bf16)
+                self.w_f32.copy_(self.w_bf16)
             moe.experts(self.normed, self.ids, self.w_f32, self.resid, residual=self.resid,
                         shared_gate_logit=self.shared_logit_f32)
             return
+        ops.route(self.normed, moe.router, self.ids, self.w_bf16, top_k=k, workspace=self.router_ws)
+        self.follow_routing(self.ids, self.w_bf16)
+        self.w_f32.copy_(self.w_bf16)  # the reference combines with bf16 routing weights
+        moe.shared_gate(self.normed, self.shared_logit)
         moe.experts(self.normed, self.ids, self.w_f32, self.routed)
         moe.shared(self.normed, self.mlp_buf, self.shared_out)
         shared = torch.sigmoid(self.shared_logit) * self.shared_out
