@@ -64,6 +64,19 @@ def _nvfp4_dims(n: int, k: int) -> tuple[int, int]:
     return nt, kc
 
 
+SLAB_ROWS = 4096  # rows re-tiled at a time: int64 temporaries of a 248k-row lm_head would take ~4 GB
+
+
+def _slabs(tile, n: int, *tensors: torch.Tensor):
+    """``tile`` applied to row slabs of ``tensors`` (whole 32-row tile pairs), results joined."""
+    if n <= SLAB_ROWS:
+        return tile(*tensors)
+    parts = [tile(*(t[r:r + SLAB_ROWS] for t in tensors)) for r in range(0, n, SLAB_ROWS)]
+    if isinstance(parts[0], tuple):
+        return tuple(torch.cat(p).contiguous() for p in zip(*parts))
+    return torch.cat(parts).contiguous()
+
+
 def nvfp4_tile(codes: torch.Tensor, scales: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """HF NVFP4 ``codes`` uint8 [N, K/2] (even column in the low nibble) and block ``scales``
     (e4m3 bits) [N, K/16] -> (codes int32 [NT, KC, 32, 4], scales int16 [NT, KC, 32])."""
@@ -75,6 +88,11 @@ def nvfp4_tile(codes: torch.Tensor, scales: torch.Tensor) -> tuple[torch.Tensor,
     if k % 16 or tuple(scales.shape) != (n, k // 16):
         raise KernelError(f"NVFP4 block scales have shape {list(scales.shape)}, expected [{n}, {k // 16}] "
                          f"(K={k} must be a multiple of 16)")
+    return _slabs(_nvfp4_tile, n, codes, scales)
+
+
+def _nvfp4_tile(codes: torch.Tensor, scales: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    n, k = codes.shape[0], codes.shape[1] * 2
     nt, kc = _nvfp4_dims(n, k)
     q = torch.stack([codes & 15, codes >> 4], dim=-1).reshape(n, k)  # element 2j low nibble
     q = _pad2(q, nt * 16, kc * 64).to(torch.int64)
@@ -133,6 +151,10 @@ def fp8_tile(weight: torch.Tensor) -> torch.Tensor:
     w = _as_u8(weight, "FP8 weight")
     if w.dim() != 2:
         raise KernelError(f"FP8 weight must be 2-D [N, K], got shape {list(w.shape)}")
+    return _slabs(_fp8_tile, w.shape[0], w)
+
+
+def _fp8_tile(w: torch.Tensor) -> torch.Tensor:
     n, k = w.shape
     nt, kc = -(-n // 32) * 2, -(-k // 32)
     q = _pad2(w, nt * 16, kc * 32).to(torch.int64)

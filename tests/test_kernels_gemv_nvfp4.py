@@ -84,3 +84,16 @@ def test_split_k_sums_the_splits_in_order_and_resets_its_tickets(splits):
         assert rel_err(out, one) < 1e-6  # the same sums, another order
     w = dequant_nvfp4(codes, scales, gs.reshape(()), dtype=torch.float64)
     assert rel_err(out, x.double() @ w.t() + res.double()) < 2e-3
+
+
+def test_tiling_row_slabs_gives_the_same_tiles(monkeypatch):
+    import imp_kernels.repack as repack
+
+    g = torch.Generator().manual_seed(12)
+    codes = torch.randint(0, 256, (200, 48), dtype=torch.uint8, generator=g)
+    scales = torch.randint(0, 256, (200, 6), dtype=torch.uint8, generator=g)
+    w8 = torch.randint(0, 256, (200, 96), dtype=torch.uint8, generator=g)
+    whole = repack.nvfp4_tile(codes, scales), repack.fp8_tile(w8)
+    monkeypatch.setattr(repack, "SLAB_ROWS", 64)  # 200 rows: slabs of 64, 64, 64, 8
+    sliced = repack.nvfp4_tile(codes, scales), repack.fp8_tile(w8)
+    assert all(torch.equal(a, b) for a, b in zip(whole[0], sliced[0])) and torch.equal(whole[1], sliced[1])
