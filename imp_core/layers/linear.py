@@ -12,6 +12,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+# a quantized weight whose dense form would exceed this is dequantised and multiplied a slab of
+# rows at a time (an lm_head of 248k rows is 1 GiB in bf16, plus 2 GiB of decode temporaries)
+SLAB_BYTES = 256 * 2 ** 20
+
 
 def dense_weight(w: Any, dtype: torch.dtype) -> torch.Tensor:
     """The weight as a dense tensor in ``dtype`` (dequantising a QTensor)."""
@@ -39,4 +43,13 @@ class Linear:
         return int(self.weight.shape[0])
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.dense(x.dtype), self.bias)
+        w = self.weight
+        if "weight" in self.prefill_dense or isinstance(w, torch.Tensor) or len(w.shape) != 2:
+            return F.linear(x, self.dense(x.dtype), self.bias)
+        n, k = w.shape
+        step = max(128, (SLAB_BYTES // (2 * k)) // 128 * 128)
+        if n <= step or w.rows(0, step) is None:
+            return F.linear(x, self.dense(x.dtype), self.bias)
+        # the same dequantised rows, a slab at a time: peak memory one slab, not the whole weight
+        y = torch.cat([F.linear(x, dense_weight(w.rows(r, r + step), x.dtype)) for r in range(0, n, step)], dim=-1)
+        return y if self.bias is None else y + self.bias

@@ -52,6 +52,35 @@ class QTensor:
             raise QuantError(f"{self.qtype} {who} has no scales[{key!r}] (has {sorted(self.scales)})")
         return self.scales[key]
 
+    def rows(self, start: int, stop: int) -> QTensor | None:
+        """Rows [start, stop) of a 2-D weight as a QTensor sharing storage (scales sliced with
+        them), or None where a scale block would be cut or the layout is not known here."""
+        if len(self.shape) != 2:
+            return None
+        n, k = self.shape
+        stop = min(stop, n)
+        shape = (stop - start, k)
+        if self.qtype == "nvfp4":
+            return QTensor("nvfp4", self.data[start:stop], shape,
+                           {"block": self.scales["block"][start:stop], "global": self.scales["global"]}, self.meta)
+        if self.qtype.lower().startswith("gguf:"):
+            if any(v.numel() > 1 for v in self.scales.values()):
+                return None
+            return QTensor(self.qtype, self.data.reshape(n, -1)[start:stop], shape, self.scales, self.meta)
+        if self.qtype == "fp8":
+            s = self.scales["scale"]
+            block = "block_size" in self.meta or self.meta.get("granularity") == "block" or \
+                (s.dim() == 2 and s.shape[-1] > 1)
+            if block:
+                bn = tuple(self.meta.get("block_size") or DEFAULT_BLOCK)[0]
+                if start % bn or (stop % bn and stop != n):
+                    return None
+                s = s[start // bn:-(-stop // bn)]
+            elif s.numel() == n:
+                s = s.reshape(n)[start:stop]
+            return QTensor("fp8", self.data[start:stop], shape, {"scale": s}, self.meta)
+        return None
+
     def dequantize(self, dtype: torch.dtype = torch.float32, device=None) -> torch.Tensor:
         """The full-precision weight of logical ``shape`` in ``dtype`` (computed in float32)."""
         name = self.name or None
