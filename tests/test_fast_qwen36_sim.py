@@ -1,12 +1,16 @@
 """Qwen3.6's fast decode step under the CUDA simulator vs the reference path: gated attention,
 Gated DeltaNet and MoE (with the shared expert) layers, and the dense sibling. Tiny shapes that
-meet the kernels' constraints (head_dim 64, DeltaNet key heads of 128), bf16."""
+meet the kernels' constraints (head_dim 64, DeltaNet key heads of 128), bf16. The MoE case also
+checks what the experts read: from the one router launch, ids, bf16-rounded fp32 weights and the
+shared-expert gate logit; in check mode (``imp check``'s ``follow_routing``) the reference's
+routing, rounded to bf16 as before."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
+from imp_core.run.generator import Generator
 from kernels_sim import sim_skip
 from tests.fast_sim import REL_TOL, compare_steps, sim_session
 from tests.qwen36_factory import write_checkpoint
@@ -27,6 +31,59 @@ def test_fast_decode_matches_reference(tmp_path, layout):
     path = write_checkpoint(tmp_path / layout, layout, seed=5, dtype=torch.bfloat16, **SHAPE, **extra)
     session = sim_session(path)
     assert dict(session.inspection.plan)["decode fast path"] == "on"
-    errors = compare_steps(session, list(range(3, 12)), steps=2)
+    spies = _spy_experts(session.fast) if layout == "fused" else []
+    # the MoE case compares one free step, then runs one in check mode (the simulator is slow)
+    errors = compare_steps(session, list(range(3, 12)), steps=1 if spies else 2)
     print(layout, "rel errors", errors)
     assert max(errors) < REL_TOL, errors
+    for spy in spies:  # our routing: bf16-rounded fp32 weights, a bf16 gate logit
+        ids, w, logit = spy.calls[-1]
+        assert w.dtype == torch.float32 and torch.equal(w, w.bfloat16().float())
+        assert torch.allclose(w.sum(-1), torch.ones(1), atol=2e-2) and ids.unique().numel() == ids.numel()
+        assert torch.equal(logit, logit.bfloat16().float()) and torch.isfinite(logit).all()
+    if spies:
+        _check_mode_takes_the_reference_routing(session, spies)
+
+
+class _Spy:
+    """The bound experts, recording what each call reads."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+        self.calls: list = []
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def __call__(self, x, ids, weights, out, **kw):
+        self.calls.append((ids.clone(), weights.clone(), kw["shared_gate_logit"].clone()))
+        return self.inner(x, ids, weights, out, **kw)
+
+
+def _spy_experts(fast) -> list:
+    moes = [mlp for _, _, mlp in fast.model.layers]
+    assert all(m.shared is None and m.shared_gate is None for m in moes)  # the fused shared expert
+    for m in moes:
+        m.experts = _Spy(m.experts)
+    return [m.experts for m in moes]
+
+
+def _check_mode_takes_the_reference_routing(session, spies) -> None:
+    """One step with forced routes: the reference's ids and weights (fp32 here, not bf16-exact)
+    reach the experts rounded to bf16, and our own choice is recorded."""
+    gen = Generator(session.model, context=64, decoder=session.fast.decoder)
+    gen.prefill(list(range(3, 12)))
+    k = session.model.cfg.num_experts_per_tok
+    forced = [(torch.arange(k).flip(0).view(1, k) + i, torch.linspace(0.7, 0.3, k).view(1, k))
+              for i in range(len(spies))]
+    dec = gen.decoder
+    dec.forced_routes, dec.routes = list(forced), []
+    gen.token_buf.fill_(5)
+    gen.decode_step()
+    assert dec.forced_routes == [] and len(dec.routes) == len(spies)
+    for (ids_ref, w_ref), spy, ours in zip(forced, spies, dec.routes):
+        ids, w, _ = spy.calls[-1]
+        assert torch.equal(ids.long(), ids_ref)
+        assert torch.equal(w, w_ref.bfloat16().float())
+        assert ours.shape == ids_ref.shape  # our own choice, recorded before the reference's replaced it
+    dec.forced_routes = dec.routes = None

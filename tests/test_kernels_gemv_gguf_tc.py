@@ -41,8 +41,8 @@ def test_tiles_hold_the_gguf_weights_rounded_once_to_f16(qtype, n, k, std):
 
 @pytest.mark.parametrize("qtype,n,k,m,warps,out_dtype", [
     ("Q4_K", 40, 512, 1, 2, torch.bfloat16),   # 8 chunks over 2 warps: the pipeline wraps
-    ("Q4_K", 24, 256, 3, None, torch.float32),
-    ("Q6_K", 33, 256, 2, 4, torch.bfloat16),
+    ("Q4_K", 24, 256, 3, 1, torch.float32),
+    ("Q6_K", 33, 256, 2, 2, torch.bfloat16),
     ("Q8_0", 40, 96, 1, 1, torch.float32),     # K of 3 chunks, one warp
 ])
 def test_gemv_gguf_tc_matches_references(qtype, n, k, m, warps, out_dtype):

@@ -19,11 +19,13 @@ def _stack(g, q, e, n, k):
     return raw, experts_tc_tile(raw, q, e, n, k)
 
 
-@pytest.mark.parametrize("gq,dq,e,hdim,inter,sh_inter,k,m,act", [
-    ("Q4_K", "Q6_K", 3, 256, 256, 256, 2, 1, SILU),      # a Q4_K_M-like mix, shared expert with a logit
-    ("Q8_0", "Q8_0", 4, 64, 32, 64, 2, 2, GELU_TANH),   # shared expert wider than the routed ones
+# small enough for the simulator: K-quant blocks need K % 256, so each case puts them on one side
+@pytest.mark.parametrize("gq,dq,e,hdim,inter,sh_inter,k,m,act,warps", [
+    ("Q4_K", "Q8_0", 3, 256, 32, 64, 2, 1, SILU, 1),        # q4 gate/up, q8 down; a wider shared expert + logit
+    ("Q8_0", "Q4_K", 2, 32, 256, 256, 1, 1, SILU, 2),       # q8 gate/up, q4 down
+    ("Q8_0", "Q8_0", 4, 64, 32, 64, 2, 2, GELU_TANH, 2),    # two tokens
 ])
-def test_moe_gguf_tc_matches_references(gq, dq, e, hdim, inter, sh_inter, k, m, act):
+def test_moe_gguf_tc_matches_references(gq, dq, e, hdim, inter, sh_inter, k, m, act, warps):
     g = torch.Generator().manual_seed(e * 10 + m)
     raws, stacks = zip(*(_stack(g, q, ne, n, kk) for q, ne, n, kk in
                          ((gq, e, inter, hdim), (gq, e, inter, hdim), (dq, e, hdim, inter),
@@ -31,13 +33,13 @@ def test_moe_gguf_tc_matches_references(gq, dq, e, hdim, inter, sh_inter, k, m, 
     x = torch.randn(m, hdim, generator=g).bfloat16()
     ids = torch.stack([torch.randperm(e, generator=g)[:k] for _ in range(m)]).to(torch.int32)
     wts = torch.rand(m, k, generator=g)
-    logit = torch.randn(m, generator=g) if gq == "Q4_K" else None
+    logit = torch.randn(m, generator=g) if gq == "Q4_K" else None  # with and without the shared gate
     res = torch.randn(m, hdim, generator=g).bfloat16()
     h = torch.full(scratch_shape(m, k, inter, sh_inter), float("nan"))
     out = torch.full((m, hdim), float("nan"), dtype=torch.bfloat16)
     kw = dict(activation=act, shared=stacks[3:], shared_gate_logit=logit, residual=res, inter=inter,
               shared_inter=sh_inter)
-    moe_gguf_tc(x, ids, wts, *stacks[:3], out, h, warps_gu=2, warps_dn=2, **kw)
+    moe_gguf_tc(x, ids, wts, *stacks[:3], out, h, warps_gu=warps, warps_dn=warps, **kw)
     mine = torch.empty_like(out)
     moe_gguf_tc_ref(x, ids, wts, *stacks[:3], mine, torch.empty_like(h), **kw)
     assert rel_err(out, mine.float()) < 8e-3

@@ -17,9 +17,9 @@ pytestmark = sim_skip
 N, K, M = 40, 512, 2
 
 
-def _run_both(call):
+def _run_both(call, k=K):
     g = torch.Generator().manual_seed(2)
-    x = torch.randn(M, K, generator=g).bfloat16()
+    x = torch.randn(M, k, generator=g).bfloat16()
     res = torch.randn(M, N, generator=g).bfloat16()
     one = torch.full((M, N), float("nan"))
     call(x, one, res, None, None)
@@ -31,7 +31,7 @@ def _run_both(call):
     assert rel_err(out, one) < 1e-6
 
 
-@pytest.mark.parametrize("mode", ["tensor", "channel", "block128", "block32"])
+@pytest.mark.parametrize("mode", ["channel", "block32"])  # a per-row epilogue; the new scale mode
 def test_fp8_split_k_matches_one_split(mode):
     g = torch.Generator().manual_seed(1)
     codes = fp8_tile(torch.randn(N, K, generator=g).to(torch.float8_e4m3fn).view(torch.uint8))
@@ -43,11 +43,12 @@ def test_fp8_split_k_matches_one_split(mode):
 
 @pytest.mark.parametrize("qtype", ["Q4_K", "Q8_0"])
 def test_gguf_tc_split_k_matches_one_split(qtype):
+    k = 256  # Q4_K: 4 chunks in 3 splits of 2, 2 and none (an empty split adds zeros)
     g = torch.Generator().manual_seed(3)
-    raw = torch.from_numpy(quantize_gguf(torch.randn(N, K, generator=g) * 0.05, qtype)).reshape(-1)
-    kind, codes, scales, unscale = tc_tile(raw, qtype, N, K)
+    raw = torch.from_numpy(quantize_gguf(torch.randn(N, k, generator=g) * 0.05, qtype)).reshape(-1)
+    kind, codes, scales, unscale = tc_tile(raw, qtype, N, k)
     _run_both(lambda x, out, res, ws, sp: gemv_gguf_tc(x, kind, codes, scales, out, unscale=unscale, residual=res,
-                                                      warps=1, workspace=ws, splits=sp))
+                                                      warps=1, workspace=ws, splits=sp), k)
 
 
 def test_split_plan_splits_only_narrow_weights():
