@@ -22,6 +22,7 @@ def test_fast_decode_matches_reference(tmp_path):
     path = write_checkpoint(tmp_path / "g", "gemma4_text", seed=9, dtype=torch.bfloat16, **SHAPE)
     session = sim_session(path)
     assert dict(session.inspection.plan)["decode fast path"] == "on"
-    errors = compare_steps(session, list(range(3, 15)), steps=2)
+    # one step (the simulator is slow): the 12-token prompt has already wrapped the 8-slot ring
+    errors = compare_steps(session, list(range(3, 15)), steps=1)
     print("rel errors", errors)
     assert max(errors) < REL_TOL, errors

@@ -2,15 +2,14 @@
 Gated DeltaNet and MoE (with the shared expert) layers, and the dense sibling. Tiny shapes that
 meet the kernels' constraints (head_dim 64, DeltaNet key heads of 128), bf16. The MoE case also
 checks what the experts read: from the one router launch, ids, bf16-rounded fp32 weights and the
-shared-expert gate logit; in check mode (``imp check``'s ``follow_routing``) the reference's
-routing, rounded to bf16 as before."""
+shared-expert gate logit. (Check mode's forced routing on this path is exercised by ``imp check``
+on the GPU fixtures, tests/gpu/check_fast.py: a simulator step costs ~45 s of CI.)"""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from imp_core.run.generator import Generator
 from kernels_sim import sim_skip
 from tests.fast_sim import REL_TOL, compare_steps, sim_session
 from tests.qwen36_factory import write_checkpoint
@@ -32,8 +31,7 @@ def test_fast_decode_matches_reference(tmp_path, layout):
     session = sim_session(path)
     assert dict(session.inspection.plan)["decode fast path"] == "on"
     spies = _spy_experts(session.fast) if layout == "fused" else []
-    # the MoE case compares one free step, then runs one in check mode (the simulator is slow)
-    errors = compare_steps(session, list(range(3, 12)), steps=1 if spies else 2)
+    errors = compare_steps(session, list(range(3, 12)), steps=2)
     print(layout, "rel errors", errors)
     assert max(errors) < REL_TOL, errors
     for spy in spies:  # our routing: bf16-rounded fp32 weights, a bf16 gate logit
@@ -41,8 +39,6 @@ def test_fast_decode_matches_reference(tmp_path, layout):
         assert w.dtype == torch.float32 and torch.equal(w, w.bfloat16().float())
         assert torch.allclose(w.sum(-1), torch.ones(1), atol=2e-2) and ids.unique().numel() == ids.numel()
         assert torch.equal(logit, logit.bfloat16().float()) and torch.isfinite(logit).all()
-    if spies:
-        _check_mode_takes_the_reference_routing(session, spies)
 
 
 class _Spy:
@@ -66,24 +62,3 @@ def _spy_experts(fast) -> list:
     for m in moes:
         m.experts = _Spy(m.experts)
     return [m.experts for m in moes]
-
-
-def _check_mode_takes_the_reference_routing(session, spies) -> None:
-    """One step with forced routes: the reference's ids and weights (fp32 here, not bf16-exact)
-    reach the experts rounded to bf16, and our own choice is recorded."""
-    gen = Generator(session.model, context=64, decoder=session.fast.decoder)
-    gen.prefill(list(range(3, 12)))
-    k = session.model.cfg.num_experts_per_tok
-    forced = [(torch.arange(k).flip(0).view(1, k) + i, torch.linspace(0.7, 0.3, k).view(1, k))
-              for i in range(len(spies))]
-    dec = gen.decoder
-    dec.forced_routes, dec.routes = list(forced), []
-    gen.token_buf.fill_(5)
-    gen.decode_step()
-    assert dec.forced_routes == [] and len(dec.routes) == len(spies)
-    for (ids_ref, w_ref), spy, ours in zip(forced, spies, dec.routes):
-        ids, w, _ = spy.calls[-1]
-        assert torch.equal(ids.long(), ids_ref)
-        assert torch.equal(w, w_ref.bfloat16().float())
-        assert ours.shape == ids_ref.shape  # our own choice, recorded before the reference's replaced it
-    dec.forced_routes = dec.routes = None
