@@ -28,6 +28,7 @@ import torch
 from imp_kernels import ptx
 from imp_kernels.compat import cuda
 from imp_kernels.errors import KernelError
+from imp_kernels.gemv_nvfp4 import nvfp4_block_warps
 from imp_kernels.launch import device_jit, jit, launch, require_aligned
 from imp_kernels.mma_frag import (bf16x2_to_f16x2, finish_tiles, launch_splits, load_x8_bf16, load_x16_raw,
                                   split_range, stash_frags, x16_to_f16)
@@ -36,7 +37,6 @@ from imp_kernels.repack_gguf import tc_tile, tc_untile_dequant
 __all__ = ["warmup", "gemv_gguf_tc", "gemv_gguf_tc_ref", "KINDS"]
 
 KINDS = ("q4", "q8")
-MAX_WARPS = 16
 MAX_M = 8
 _MAGIC4 = np.uint32(0x64006400)  # f16x2 (1024, 1024)
 _HI64 = np.uint32(0x64646464)
@@ -196,13 +196,6 @@ def _gemv_q8_kernel(x32, m_rows, k, codes, scales, kc_total, unscale, out, n_col
 
 
 # --------------------------------------------------------------------------------- host side
-def _block_warps(tile_pairs: int, chunks: int) -> int:
-    """Enough blocks x warps to fill 132 SMs ~24 warps deep, at most one warp per chunk."""
-    want = max(1, -(-132 * 24 // max(1, tile_pairs)))
-    w = 1
-    while w < want and w < MAX_WARPS:
-        w *= 2
-    return max(1, min(w, chunks, MAX_WARPS))
 
 
 def _check(x, kind, codes, scales, out, residual):
@@ -242,7 +235,7 @@ def gemv_gguf_tc(x: torch.Tensor, kind: str, codes: torch.Tensor, scales: torch.
     m, k = x.shape
     nt, kc = codes.shape[:2]
     sp, ws, tickets = launch_splits(workspace, splits, nt // 2, kc, out)
-    w = warps or _block_warps(nt // 2 * sp, -(-kc // sp))
+    w = warps or nvfp4_block_warps(nt // 2 * sp, -(-kc // sp))  # the same occupancy rule
     res = residual.reshape(-1) if residual is not None else out.reshape(-1)
     kernel = _gemv_q4_kernel if kind == "q4" else _gemv_q8_kernel
     launch(kernel, (nt // 2, sp), 32 * w, x.view(torch.int32).reshape(-1), m, k, codes.reshape(-1),
