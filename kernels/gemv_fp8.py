@@ -39,20 +39,24 @@ def _fp8_frags(wg, wg8):
 
 
 @device_jit(inline="always")
-def _load_fp8_chunk(x32, m_rows, k, codes, kc_total, kc_end, tile0, lane, g, t, kc):
+def _load_fp8_chunk(x32, m_rows, k, codes, kc_total, kc_end, tile0, lane, g, t, kc, scale, sbase, block):
+    """Raw loads of one 32-column chunk for both tiles (zeros past this split's end): codes, x and,
+    for block scales, the chunk's scale (issued with the rest so the loop never waits on it)."""
     zw = np.uint32(0)
     wa, wb, xq = (zw, zw, zw, zw), (zw, zw, zw, zw), (zw, zw, zw, zw)
+    sblk = np.float32(0.0)
     if kc < kc_end:
         i0 = (tile0 * kc_total + kc) * 32 + lane
         wa = ptx.ld_v4(codes, i0 * 4)
         wb = ptx.ld_v4(codes, (i0 + kc_total * 32) * 4)
         xq = load_x8_bf16(x32, m_rows, k, g, kc * 32 + 8 * t)
-    return wa, wb, xq
+        if block:
+            sblk = scale[sbase + (kc >> 2)]  # the chunk lies in one 128-column block
+    return wa, wb, xq, sblk
 
 
-@jit(max_registers=64)  # 65 -> 64: 32 warps/SM instead of 28, no spills (ptxas -v)
-def _gemv_fp8_kernel(x32, m_rows, k, codes, kc_total, scale, mode, kb_total, out, n_cols, out_f32,
-                     res, has_res, ws, tickets, splits):
+def _body(x32, m_rows, k, codes, kc_total, scale, mode, kb_total, out, n_cols, out_f32, res, has_res, ws, tickets,
+          splits):
     red = cuda.shared.array(0, nbt.float32)  # [warps, 32 rows, 8 cols], sized at launch
     flag = cuda.shared.array(1, np.int32)
     tid = cuda.threadIdx.x
@@ -64,23 +68,27 @@ def _gemv_fp8_kernel(x32, m_rows, k, codes, kc_total, scale, mode, kb_total, out
     tile0 = cuda.blockIdx.x * 2
     # a block's 32 rows lie in one scale row: of 128 rows (32 | 128) or of 32
     srow = ((tile0 * 16) >> 7) if mode == 2 else cuda.blockIdx.x
+    sbase = srow * kb_total
+    block = mode >= 2
     z = np.float32(0.0)
     a0, a1, a2, a3, b0, b1, b2, b3 = z, z, z, z, z, z, z, z
     # software pipeline two chunks deep (kc+W, kc+2W in flight while kc computes)
     kc0, kc1 = split_range(kc_total, splits)
     kc = kc0 + warp
-    wa, wb, xq = _load_fp8_chunk(x32, m_rows, k, codes, kc_total, kc1, tile0, lane, g, t, kc)
-    pa, pb, px = _load_fp8_chunk(x32, m_rows, k, codes, kc_total, kc1, tile0, lane, g, t, kc + nwarps)
+    wa, wb, xq, sc = _load_fp8_chunk(x32, m_rows, k, codes, kc_total, kc1, tile0, lane, g, t, kc, scale, sbase, block)
+    pa, pb, px, ps = _load_fp8_chunk(x32, m_rows, k, codes, kc_total, kc1, tile0, lane, g, t, kc + nwarps, scale,
+                                     sbase, block)
     while kc < kc1:
         kn = kc + nwarps
-        na, nb, nx = _load_fp8_chunk(x32, m_rows, k, codes, kc_total, kc1, tile0, lane, g, t, kn + nwarps)
+        na, nb, nx, ns = _load_fp8_chunk(x32, m_rows, k, codes, kc_total, kc1, tile0, lane, g, t, kn + nwarps, scale,
+                                         sbase, block)
         x0 = bf16x2_to_f16x2(xq[0])
         x1 = bf16x2_to_f16x2(xq[1])
         x2 = bf16x2_to_f16x2(xq[2])
         x3 = bf16x2_to_f16x2(xq[3])
         fa = _fp8_frags(wa[0], wa[1])
         fb = _fp8_frags(wb[0], wb[1])
-        if mode >= 2:
+        if block:
             c0, c1, c2, c3 = ptx.mma_f16(fa[0], fa[1], fa[2], fa[3], x0, x1, z, z, z, z)
             d0, d1, d2, d3 = ptx.mma_f16(fb[0], fb[1], fb[2], fb[3], x0, x1, z, z, z, z)
         else:
@@ -90,26 +98,42 @@ def _gemv_fp8_kernel(x32, m_rows, k, codes, kc_total, scale, mode, kb_total, out
         fb = _fp8_frags(wb[2], wb[3])
         c0, c1, c2, c3 = ptx.mma_f16(fa[0], fa[1], fa[2], fa[3], x2, x3, c0, c1, c2, c3)
         d0, d1, d2, d3 = ptx.mma_f16(fb[0], fb[1], fb[2], fb[3], x2, x3, d0, d1, d2, d3)
-        if mode >= 2:
-            sblk = scale[srow * kb_total + (kc >> 2)]  # the chunk lies in one 128-column block
-            a0 += c0 * sblk
-            a1 += c1 * sblk
-            a2 += c2 * sblk
-            a3 += c3 * sblk
-            b0 += d0 * sblk
-            b1 += d1 * sblk
-            b2 += d2 * sblk
-            b3 += d3 * sblk
+        if block:
+            a0 += c0 * sc
+            a1 += c1 * sc
+            a2 += c2 * sc
+            a3 += c3 * sc
+            b0 += d0 * sc
+            b1 += d1 * sc
+            b2 += d2 * sc
+            b3 += d3 * sc
         else:
             a0, a1, a2, a3, b0, b1, b2, b3 = c0, c1, c2, c3, d0, d1, d2, d3
-        wa, wb, xq = pa, pb, px
-        pa, pb, px = na, nb, nx
+        wa, wb, xq, sc = pa, pb, px, ps
+        pa, pb, px, ps = na, nb, nx, ns
         kc = kn
     stash_frags(red, warp, g, t, a0, a1, a2, a3, b0, b1, b2, b3)
     cuda.syncthreads()
     mul = scale[0] if mode == 0 else np.float32(1.0)
     finish_tiles(red, nwarps, tile0, m_rows, n_cols, mul, scale, mode == 1, out, out_f32, res, has_res, ws, tickets,
                  splits, flag)
+
+
+_gemv_fp8_kernel = jit(max_registers=64)(_body)  # 64: 32 warps/SM (ptxas -v: no spills at two chunks in flight)
+
+# other register caps, for the benchmark to measure (compiled on first use, not cached on disk): "r<N>"
+_VARIANTS: dict[str, object] = {}
+
+
+def _variant_kernel(name: str):
+    if name == "default":
+        return _gemv_fp8_kernel
+    kern = _VARIANTS.get(name)
+    if kern is None:
+        if not (name.startswith("r") and name[1:].isdigit()):
+            raise KernelError(f"gemv_fp8: unknown variant {name!r} (default or r<max registers>)")
+        kern = _VARIANTS[name] = jit(cache=False, max_registers=int(name[1:]))(_body)
+    return kern
 
 
 def _scale_mode(scale: torch.Tensor, n: int, k: int) -> tuple[int, int]:
@@ -151,7 +175,8 @@ def _check(x, codes, scale, out, residual):
 
 def gemv_fp8(x: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor, out: torch.Tensor, *,
              residual: torch.Tensor | None = None, warps: int | None = None,
-             workspace: tuple[torch.Tensor, torch.Tensor] | None = None, splits: int | None = None) -> None:
+             workspace: tuple[torch.Tensor, torch.Tensor] | None = None, splits: int | None = None,
+             variant: str = "default") -> None:
     """``out = x @ (W * scale)^T (+ residual)``; W from ``repack.fp8_tile``. No allocation/sync.
     ``workspace`` (``mma_frag.splitk_workspace``) lets narrow weights split K over more blocks."""
     mode, kb = _check(x, codes, scale, out, residual)
@@ -167,7 +192,7 @@ def gemv_fp8(x: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor, out: tor
             warps *= 2
         warps = max(1, min(warps, -(-kc // sp)))
     res = residual if residual is not None else out
-    launch(_gemv_fp8_kernel, (nt // 2, sp), 32 * warps, x.view(torch.int32).reshape(-1), m, k,
+    launch(_variant_kernel(variant), (nt // 2, sp), 32 * warps, x.view(torch.int32).reshape(-1), m, k,
            codes.reshape(-1), kc, scale.reshape(-1), mode, kb, out.reshape(-1), n,
            int(out.dtype == torch.float32),
            res.reshape(-1).view(torch.int16) if res.dtype == torch.bfloat16 else res.reshape(-1),
@@ -188,7 +213,7 @@ def fp8_dequant(w_u8: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return w * full
 
 
-def gemv_fp8_ref(x, codes, scale, out, *, residual=None, warps=None) -> None:
+def gemv_fp8_ref(x, codes, scale, out, *, residual=None, warps=None, variant=None) -> None:
     """Torch reference of ``gemv_fp8`` (same arguments)."""
     _check(x, codes, scale, out, residual)
     m, k = x.shape

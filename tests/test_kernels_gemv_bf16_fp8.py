@@ -70,3 +70,25 @@ def test_module_warmups_run():
 
     b.warmup("cpu")
     f.warmup("cpu")
+
+
+def test_gemv_fp8_register_variant_matches_default():
+    """The benchmark's build with another register cap computes the same sums in the same order
+    (block scales, so the prefetched per-chunk scale is exercised); unknown names are refused."""
+    from imp_kernels.errors import KernelError
+
+    g = torch.Generator().manual_seed(11)
+    n, k = 64, 512
+    w = (torch.randn(n, k, generator=g) * 30).clamp(-440, 440).to(torch.float8_e4m3fn)
+    scale = torch.rand(1, 4, generator=g) * 0.004 + 0.001
+    ct = fp8_tile(w)
+    x = torch.randn(2, k, generator=g).bfloat16()
+    want = torch.full((2, n), float("nan"), dtype=torch.float32)
+    gemv_fp8(x, ct, scale, want, warps=2)
+    got = torch.full_like(want, float("nan"))
+    gemv_fp8(x, ct, scale, got, warps=2, variant="r80")
+    assert torch.equal(got, want)
+    ref = x.double() @ (w.double() * scale.double().repeat_interleave(128, 1)[:, :k]).t()
+    assert rel_err(got, ref) < 2e-3
+    with pytest.raises(KernelError, match="unknown variant"):
+        gemv_fp8(x, ct, scale, got, variant="d9")

@@ -97,3 +97,21 @@ def test_tiling_row_slabs_gives_the_same_tiles(monkeypatch):
     monkeypatch.setattr(repack, "SLAB_ROWS", 64)  # 200 rows: slabs of 64, 64, 64, 8
     sliced = repack.nvfp4_tile(codes, scales), repack.fp8_tile(w8)
     assert all(torch.equal(a, b) for a, b in zip(whole[0], sliced[0])) and torch.equal(whole[1], sliced[1])
+
+
+@pytest.mark.parametrize("variant", ["d3", "d2r96", "nope"])
+def test_gemv_nvfp4_variants_match_default(variant):
+    """The benchmark's other builds (prefetch depth, register cap) sum in the same order: identical
+    output; an unknown name is refused."""
+    codes, scales, gs = _weights(64, 448, 3)
+    ct, st = nvfp4_tile(codes, scales)
+    x = torch.randn(2, 448, generator=torch.Generator().manual_seed(4)).bfloat16()
+    want = torch.full((2, 64), float("nan"), dtype=torch.float32)
+    gemv_nvfp4(x, ct, st, gs, want, warps=2)
+    got = torch.full_like(want, float("nan"))
+    if variant == "nope":
+        with pytest.raises(KernelError, match="unknown variant"):
+            gemv_nvfp4(x, ct, st, gs, got, warps=2, variant=variant)
+        return
+    gemv_nvfp4(x, ct, st, gs, got, warps=2, variant=variant)
+    assert torch.equal(got, want)

@@ -84,6 +84,30 @@ def case_list(quick: bool, stride: int = 1):
     return cases[::stride]
 
 
+def variant_cases():
+    """Launch shapes and builds against the defaults, same shapes: NVFP4 and FP8 GEMVs with fewer
+    warps per block (more blocks resident at once), an FP8 build with more registers, the MoE
+    launches with fewer warps."""
+    cases = []
+    small = [MISTRAL[0], MISTRAL[1], QWEN[0], QWEN[2], GEMMA[1]]
+    for w in (None, 8, 4):
+        for label, n, k in small:
+            cases.append(lambda label=label, n=n, k=k, w=w: bc.case_nvfp4(label, n, k, warps=w))
+    qwen_fp8 = [("qwen in_proj", 12352, 2048), QWEN[2], ("qwen attn qkv", 9216, 2048), MISTRAL[0]]
+    for v, w in (("default", None), ("r80", None), ("default", 8), ("default", 4)):
+        for label, n, k in qwen_fp8:
+            cases.append(lambda label=label, n=n, k=k, v=v, w=w: bc.case_fp8(label, n, k, gran="block", variant=v,
+                                                                              warps=w))
+    for v in ("default", "r80"):
+        cases.append(lambda v=v: bc.case_fp8(MISTRAL[2][0], MISTRAL[2][1], MISTRAL[2][2], gran="block", variant=v))
+    for gu, dn in ((None, None), (8, None), (4, None), (8, 8), (None, 8)):
+        cases.append(lambda gu=gu, dn=dn: bc.case_moe("qwen experts", 256, 8, 2048, 512, shared=True, warps_gu=gu,
+                                                      warps_dn=dn))
+        cases.append(lambda gu=gu, dn=dn: bc.case_moe("gemma experts", 128, 8, 2816, 704, activation=bc.GELU_TANH,
+                                                      warps_gu=gu, warps_dn=dn))
+    return cases
+
+
 def resource_report() -> list[str]:
     """Registers / local / shared memory of every compiled specialisation of our kernels."""
     import imp_kernels.gemv_bf16 as b
@@ -97,6 +121,8 @@ def resource_report() -> list[str]:
                "moe_gate_up": mo._moe_gate_up_kernel, "moe_down": mo._moe_down_kernel,
                "gguf_tc_q4": gt._gemv_q4_kernel, "gguf_tc_q8": gt._gemv_q8_kernel,
                **{f"gguf_{q}": k for q, k in g._KERNELS.items()}}
+    kernels.update({f"nvfp4_{v}": k for v, k in n._VARIANTS.items()})
+    kernels.update({f"fp8_{v}": k for v, k in f._VARIANTS.items()})
     kernels.update({f"gguf_{q}_uncapped": k for q, k in g._KERNELS_UNCAPPED.items() if q != "Q8_0"})
     for name, k in kernels.items():
         for ck in list(k.overloads.values()):
@@ -111,10 +137,11 @@ def resource_report() -> list[str]:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--out", default=os.environ.get("OUT") or "bench/results")
-    ap.add_argument("--only", default="")
+    ap.add_argument("--only", default="", help="comma-separated substrings of 'kernel shape' to run")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--stride", type=int, default=1, help="run every n-th case (a quick sample)")
     ap.add_argument("--stem", default="")
+    ap.add_argument("--variants", action="store_true", help="only the launch-shape / build comparisons (variant_cases)")
     args = ap.parse_args(argv)
     torch.manual_seed(0)
     copy_gbps = copy_bandwidth()
@@ -122,10 +149,10 @@ def main(argv=None) -> int:
     rows = []
     stem = args.stem or f"{datetime.date.today().isoformat()}-{'h200' if 'H200' in device_name() else 'gpu'}-gemv"
     t_start = time.time()
-    for make in case_list(args.quick, args.stride):
+    for make in variant_cases() if args.variants else case_list(args.quick, args.stride):
         t0 = time.time()
         case = make()
-        if args.only and args.only not in f"{case.kernel} {case.shape}":
+        if args.only and not any(o in f"{case.kernel} {case.shape}" for o in args.only.split(",")):
             del case
             continue
         try:

@@ -71,7 +71,7 @@ def _splitk(on, n):
     return (lambda: splitk_workspace(n, DEV)) if on else (lambda: None)
 
 
-def case_nvfp4(name, n, k, m=1, residual=False, splitk=False):
+def case_nvfp4(name, n, k, m=1, residual=False, splitk=False, variant="default", warps=None):
     codes, scales, gs = nvfp4_random(n, k)
     ct, st = nvfp4_tile(codes, scales)
     wbytes = ct.numel() * 4 + st.numel() * 2
@@ -86,7 +86,8 @@ def case_nvfp4(name, n, k, m=1, residual=False, splitk=False):
     wss = [_splitk(splitk, n)() for _ in range(nsets)]
 
     def run(i):
-        gemv_nvfp4(xs[i], cts[i], sts[i], gs, outs[i], residual=res[i], workspace=wss[i])
+        gemv_nvfp4(xs[i], cts[i], sts[i], gs, outs[i], residual=res[i], workspace=wss[i], variant=variant,
+                   warps=warps)
 
     def trun(i):
         torch.mm(xs[i], wbfs[i % len(wbfs)].t(), out=outs[i])
@@ -99,11 +100,13 @@ def case_nvfp4(name, n, k, m=1, residual=False, splitk=False):
         return rel(outs[0], ref)
 
     moved = wbytes + m * k * 2 + m * n * 2 * (2 if residual else 1)
-    return Case("nvfp4" + ("-splitk" if splitk else ""), f"{name} {n}x{k}", m, nsets, moved, run, check, trun,
+    return Case("nvfp4" + ("-splitk" if splitk else "") + ("" if variant == "default" else "-" + variant)
+                + (f"-w{warps}" if warps else ""),
+                f"{name} {n}x{k}", m, nsets, moved, run, check, trun,
                 "torch.mm bf16 (dequantised W)")
 
 
-def case_fp8(name, n, k, m=1, gran="tensor", splitk=False):
+def case_fp8(name, n, k, m=1, gran="tensor", splitk=False, variant="default", warps=None):
     w = (torch.randn(n, k, device=DEV) * 30).clamp(-440, 440).to(torch.float8_e4m3fn)
     if gran == "tensor":
         scale = torch.full((1,), 0.003, device=DEV)
@@ -122,7 +125,7 @@ def case_fp8(name, n, k, m=1, gran="tensor", splitk=False):
     wss = [_splitk(splitk, n)() for _ in range(nsets)]
 
     def run(i):
-        gemv_fp8(xs[i], cts[i], scale, outs[i], workspace=wss[i])
+        gemv_fp8(xs[i], cts[i], scale, outs[i], workspace=wss[i], variant=variant, warps=warps)
 
     def trun(i):
         torch.mm(xs[i], wbfs[i % len(wbfs)].t(), out=outs[i])
@@ -131,7 +134,8 @@ def case_fp8(name, n, k, m=1, gran="tensor", splitk=False):
         run(0)
         return rel(outs[0], xs[0].float() @ fp8_dequant(w.view(torch.uint8), scale).t())
 
-    return Case(f"fp8-{gran}" + ("-splitk" if splitk else ""), f"{name} {n}x{k}", m, nsets,
+    return Case(f"fp8-{gran}" + ("-splitk" if splitk else "") + ("" if variant == "default" else "-" + variant)
+                + (f"-w{warps}" if warps else ""), f"{name} {n}x{k}", m, nsets,
                 wbytes + m * k * 2 + m * n * 2, run, check, trun, "torch.mm bf16 (dequantised W)")
 
 
@@ -228,7 +232,7 @@ def case_bf16(name, n, k, m=1):
                 "torch.mm bf16 (cuBLAS)")
 
 
-def case_moe(name, e, topk, hdim, inter, m=1, shared=False, activation=SILU, nsets=24):
+def case_moe(name, e, topk, hdim, inter, m=1, shared=False, activation=SILU, nsets=24, warps_gu=None, warps_dn=None):
     nsets = 1 if SINGLE_SET else nsets
     gc, gs_, _ = nvfp4_random(e * 2 * inter, hdim)
     dc, ds_, _ = nvfp4_random(e * hdim, inter)
@@ -258,7 +262,7 @@ def case_moe(name, e, topk, hdim, inter, m=1, shared=False, activation=SILU, nse
 
     def run(i):
         moe_nvfp4(xs[i], ids[i], wts[i], (gu_c, gu_s, gu_g), (dn_c, dn_s, dn_g), outs[i], hs[i],
-                  activation=activation, shared=sh, shared_gate_logit=logits[i])
+                  activation=activation, shared=sh, shared_gate_logit=logits[i], warps_gu=warps_gu, warps_dn=warps_dn)
 
     # torch: the same math on pre-gathered bf16 expert weights (the gather itself not timed)
     wgu = nvfp4_dequant(gc[: topk * 2 * inter], gs_[: topk * 2 * inter], 1.0).bfloat16().view(topk, 2 * inter, hdim)
@@ -296,7 +300,8 @@ def case_moe(name, e, topk, hdim, inter, m=1, shared=False, activation=SILU, nse
 
     act_name = "silu" if activation == SILU else "gelu-tanh"
     note = f"E={e} top-{topk}" + (" +shared(fused)" if shared else "") + f" {act_name}"
-    return Case("moe-nvfp4", f"{name} gu {2 * inter}x{hdim} dn {hdim}x{inter}", m, nsets, moved, run, check,
+    kname = "moe-nvfp4" + (f"-gu{warps_gu}" if warps_gu else "") + (f"-dn{warps_dn}" if warps_dn else "")
+    return Case(kname, f"{name} gu {2 * inter}x{hdim} dn {hdim}x{inter}", m, nsets, moved, run, check,
                 trun, "2x torch.bmm bf16 on pre-gathered experts", note)
 
 
