@@ -20,7 +20,7 @@ import torch
 from imp_kernels import ptx
 from imp_kernels.compat import cuda
 from imp_kernels.errors import KernelError
-from imp_kernels.launch import device_jit, jit, launch, require_aligned
+from imp_kernels.launch import block_warps, device_jit, jit, launch, require_aligned
 from imp_kernels.mma_frag import bf16x2_to_f16x2, finish_tiles, launch_splits, load_x8_bf16, split_range, stash_frags
 from imp_kernels.repack import fp8_untile
 
@@ -39,20 +39,15 @@ def _fp8_frags(wg, wg8):
 
 
 @device_jit(inline="always")
-def _load_fp8_chunk(x32, m_rows, k, codes, kc_total, kc_end, tile0, lane, g, t, kc, scale, sbase, block):
-    """Raw loads of one 32-column chunk for both tiles (zeros past this split's end): codes, x and,
-    for block scales, the chunk's scale (issued with the rest so the loop never waits on it)."""
+def _load_fp8_chunk(x32, m_rows, k, codes, kc_total, kc_end, tile0, lane, g, t, kc):
     zw = np.uint32(0)
     wa, wb, xq = (zw, zw, zw, zw), (zw, zw, zw, zw), (zw, zw, zw, zw)
-    sblk = np.float32(0.0)
     if kc < kc_end:
         i0 = (tile0 * kc_total + kc) * 32 + lane
         wa = ptx.ld_v4(codes, i0 * 4)
         wb = ptx.ld_v4(codes, (i0 + kc_total * 32) * 4)
         xq = load_x8_bf16(x32, m_rows, k, g, kc * 32 + 8 * t)
-        if block:
-            sblk = scale[sbase + (kc >> 2)]  # the chunk lies in one 128-column block
-    return wa, wb, xq, sblk
+    return wa, wb, xq
 
 
 def _body(x32, m_rows, k, codes, kc_total, scale, mode, kb_total, out, n_cols, out_f32, res, has_res, ws, tickets,
@@ -68,27 +63,23 @@ def _body(x32, m_rows, k, codes, kc_total, scale, mode, kb_total, out, n_cols, o
     tile0 = cuda.blockIdx.x * 2
     # a block's 32 rows lie in one scale row: of 128 rows (32 | 128) or of 32
     srow = ((tile0 * 16) >> 7) if mode == 2 else cuda.blockIdx.x
-    sbase = srow * kb_total
-    block = mode >= 2
     z = np.float32(0.0)
     a0, a1, a2, a3, b0, b1, b2, b3 = z, z, z, z, z, z, z, z
     # software pipeline two chunks deep (kc+W, kc+2W in flight while kc computes)
     kc0, kc1 = split_range(kc_total, splits)
     kc = kc0 + warp
-    wa, wb, xq, sc = _load_fp8_chunk(x32, m_rows, k, codes, kc_total, kc1, tile0, lane, g, t, kc, scale, sbase, block)
-    pa, pb, px, ps = _load_fp8_chunk(x32, m_rows, k, codes, kc_total, kc1, tile0, lane, g, t, kc + nwarps, scale,
-                                     sbase, block)
+    wa, wb, xq = _load_fp8_chunk(x32, m_rows, k, codes, kc_total, kc1, tile0, lane, g, t, kc)
+    pa, pb, px = _load_fp8_chunk(x32, m_rows, k, codes, kc_total, kc1, tile0, lane, g, t, kc + nwarps)
     while kc < kc1:
         kn = kc + nwarps
-        na, nb, nx, ns = _load_fp8_chunk(x32, m_rows, k, codes, kc_total, kc1, tile0, lane, g, t, kn + nwarps, scale,
-                                         sbase, block)
+        na, nb, nx = _load_fp8_chunk(x32, m_rows, k, codes, kc_total, kc1, tile0, lane, g, t, kn + nwarps)
         x0 = bf16x2_to_f16x2(xq[0])
         x1 = bf16x2_to_f16x2(xq[1])
         x2 = bf16x2_to_f16x2(xq[2])
         x3 = bf16x2_to_f16x2(xq[3])
         fa = _fp8_frags(wa[0], wa[1])
         fb = _fp8_frags(wb[0], wb[1])
-        if block:
+        if mode >= 2:
             c0, c1, c2, c3 = ptx.mma_f16(fa[0], fa[1], fa[2], fa[3], x0, x1, z, z, z, z)
             d0, d1, d2, d3 = ptx.mma_f16(fb[0], fb[1], fb[2], fb[3], x0, x1, z, z, z, z)
         else:
@@ -98,19 +89,20 @@ def _body(x32, m_rows, k, codes, kc_total, scale, mode, kb_total, out, n_cols, o
         fb = _fp8_frags(wb[2], wb[3])
         c0, c1, c2, c3 = ptx.mma_f16(fa[0], fa[1], fa[2], fa[3], x2, x3, c0, c1, c2, c3)
         d0, d1, d2, d3 = ptx.mma_f16(fb[0], fb[1], fb[2], fb[3], x2, x3, d0, d1, d2, d3)
-        if block:
-            a0 += c0 * sc
-            a1 += c1 * sc
-            a2 += c2 * sc
-            a3 += c3 * sc
-            b0 += d0 * sc
-            b1 += d1 * sc
-            b2 += d2 * sc
-            b3 += d3 * sc
+        if mode >= 2:
+            sblk = scale[srow * kb_total + (kc >> 2)]  # the chunk lies in one 128-column block
+            a0 += c0 * sblk
+            a1 += c1 * sblk
+            a2 += c2 * sblk
+            a3 += c3 * sblk
+            b0 += d0 * sblk
+            b1 += d1 * sblk
+            b2 += d2 * sblk
+            b3 += d3 * sblk
         else:
             a0, a1, a2, a3, b0, b1, b2, b3 = c0, c1, c2, c3, d0, d1, d2, d3
-        wa, wb, xq, sc = pa, pb, px, ps
-        pa, pb, px, ps = na, nb, nx, ns
+        wa, wb, xq = pa, pb, px
+        pa, pb, px = na, nb, nx
         kc = kn
     stash_frags(red, warp, g, t, a0, a1, a2, a3, b0, b1, b2, b3)
     cuda.syncthreads()
@@ -119,7 +111,8 @@ def _body(x32, m_rows, k, codes, kc_total, scale, mode, kb_total, out, n_cols, o
                  splits, flag)
 
 
-_gemv_fp8_kernel = jit(max_registers=64)(_body)  # 64: 32 warps/SM (ptxas -v: no spills at two chunks in flight)
+REGS = 64
+_gemv_fp8_kernel = jit(max_registers=REGS)(_body)  # 65 -> 64: 32 warps/SM instead of 28, no spills (ptxas -v)
 
 # other register caps, for the benchmark to measure (compiled on first use, not cached on disk): "r<N>"
 _VARIANTS: dict[str, object] = {}
@@ -186,11 +179,7 @@ def gemv_fp8(x: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor, out: tor
     n = out.shape[1]
     sp, ws, tickets = launch_splits(workspace, splits, nt // 2, kc, out)
     if warps is None:
-        want = max(1, -(-132 * 24 // max(1, nt // 2 * sp)))
-        warps = 1
-        while warps < want and warps < MAX_WARPS:
-            warps *= 2
-        warps = max(1, min(warps, -(-kc // sp)))
+        warps = block_warps(nt // 2 * sp, -(-kc // sp), MAX_WARPS, REGS if variant == "default" else None)
     res = residual if residual is not None else out
     launch(_variant_kernel(variant), (nt // 2, sp), 32 * warps, x.view(torch.int32).reshape(-1), m, k,
            codes.reshape(-1), kc, scale.reshape(-1), mode, kb, out.reshape(-1), n,

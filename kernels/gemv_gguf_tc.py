@@ -88,7 +88,10 @@ def _q4_tile(acc0, acc1, acc2, acc3, w4, sw, t, xf):
     return acc0, acc1, acc2, acc3
 
 
-@jit(max_registers=80)
+Q4_REGS, Q8_REGS = 80, 64  # register caps of the two builds
+
+
+@jit(max_registers=Q4_REGS)
 def _gemv_q4_kernel(x32, m_rows, k, codes, scales, kc_total, unscale, out, n_cols, out_f32, res, has_res,
                     ws, tickets, splits):
     red = cuda.shared.array(0, nbt.float32)  # [warps, 32 rows, 8 cols], sized at launch
@@ -159,7 +162,7 @@ def _q8_tile(acc0, acc1, acc2, acc3, w4, sw, t, x0, x1, x2, x3):
     return acc0, acc1, acc2, acc3
 
 
-@jit(max_registers=64)
+@jit(max_registers=Q8_REGS)
 def _gemv_q8_kernel(x32, m_rows, k, codes, scales, kc_total, unscale, out, n_cols, out_f32, res, has_res,
                     ws, tickets, splits):
     red = cuda.shared.array(0, nbt.float32)
@@ -235,7 +238,8 @@ def gemv_gguf_tc(x: torch.Tensor, kind: str, codes: torch.Tensor, scales: torch.
     m, k = x.shape
     nt, kc = codes.shape[:2]
     sp, ws, tickets = launch_splits(workspace, splits, nt // 2, kc, out)
-    w = warps or nvfp4_block_warps(nt // 2 * sp, -(-kc // sp))  # the same occupancy rule
+    # the same launch-shape rule, at the register caps of the two builds
+    w = warps or nvfp4_block_warps(nt // 2 * sp, -(-kc // sp), Q4_REGS if kind == "q4" else Q8_REGS)
     res = residual.reshape(-1) if residual is not None else out.reshape(-1)
     kernel = _gemv_q4_kernel if kind == "q4" else _gemv_q8_kernel
     launch(kernel, (nt // 2, sp), 32 * w, x.view(torch.int32).reshape(-1), m, k, codes.reshape(-1),

@@ -20,7 +20,7 @@ import torch
 from imp_kernels import ptx
 from imp_kernels.compat import cuda
 from imp_kernels.errors import KernelError
-from imp_kernels.launch import device_jit, jit, launch, require_aligned
+from imp_kernels.launch import block_warps, device_jit, jit, launch, require_aligned
 from imp_kernels.mma_frag import (finish_tiles, launch_splits, load_x16_raw, nvfp4_frags, split_range, stash_frags,
                                   x16_to_f16)
 from imp_kernels.repack import nvfp4_tile, nvfp4_untile
@@ -154,14 +154,13 @@ def _variant_kernel(name: str):
     return kern
 
 
-def nvfp4_block_warps(tile_pairs: int, chunks: int) -> int:
-    """Warps per block: enough blocks x warps to fill 132 SMs ~24 warps deep, at most one warp
-    per chunk, at most MAX_WARPS."""
-    want = max(1, -(-132 * 24 // max(1, tile_pairs)))
-    w = 1
-    while w < want and w < MAX_WARPS:
-        w *= 2
-    return max(1, min(w, chunks, MAX_WARPS))
+REGS = 90  # registers a thread of the default build takes (ptxas), for the launch shape
+
+
+def nvfp4_block_warps(tile_pairs: int, chunks: int, regs: int = REGS) -> int:
+    """Warps per block (``launch.block_warps``: ~24 warps per SM, fewer when that fits the grid in
+    fewer waves), at most one warp per chunk and MAX_WARPS."""
+    return block_warps(tile_pairs, chunks, MAX_WARPS, regs)
 
 
 def _check(x, codes, scales, gscale, out, residual):

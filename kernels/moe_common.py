@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from imp_kernels.errors import KernelError
-from imp_kernels.launch import device_jit
+from imp_kernels.launch import block_warps, device_jit
 from imp_kernels.launch import warmup as _run_calls
 
 __all__ = ["SILU", "GELU_TANH", "MAX_M", "act", "expert_id", "act_ref", "scratch_shape", "launch_warps",
@@ -61,13 +61,9 @@ def scratch_shape(m: int, topk: int, inter: int, shared_inter: int | None = None
     return (m, topk + 1, max(inter, shared_inter))
 
 
-def launch_warps(blocks: int, work: int, cap: int) -> int:
-    """Warps per block: a power of two (at most ``cap`` and ``work``) that fills ~24 warps per SM."""
-    want = max(1, -(-132 * 24 // max(1, blocks)))
-    w = 1
-    while w < want and w < cap:
-        w *= 2
-    return max(1, min(w, work, cap))
+def launch_warps(blocks: int, work: int, cap: int, regs: int | None = None) -> int:
+    """Warps per block (``launch.block_warps``)."""
+    return block_warps(blocks, work, cap, regs)
 
 
 def check_routing(name, x, ids, wts, *, max_m=MAX_M, h_multiple=None, x_shape=None, ids_form=None,

@@ -39,6 +39,7 @@ __all__ = ["warmup", "moe_nvfp4", "moe_nvfp4_ref", "SILU", "GELU_TANH", "moe_scr
 
 MAX_WARPS = 32  # shared-memory sizing; launches use at most LAUNCH_WARPS (80 regs x 1024 threads would not fit)
 LAUNCH_WARPS = 16
+GATE_UP_REGS, DOWN_REGS = 92, 95  # registers a thread of each launch takes (ptxas), for the launch shapes
 
 
 @device_jit(inline="always")
@@ -300,7 +301,7 @@ def moe_nvfp4(x, topk_ids, topk_weights, gate_up, down, out, h, *, activation: i
     kc_g, nt_g = gu_c.shape[2], gu_c.shape[1]
     kc_d, nt_d = dn_c.shape[2], dn_c.shape[1]
     grid_gu = (inter // 16, m * n_slots)
-    wg = warps_gu or launch_warps(grid_gu[0] * grid_gu[1], kc_g, LAUNCH_WARPS)
+    wg = warps_gu or launch_warps(grid_gu[0] * grid_gu[1], kc_g, LAUNCH_WARPS, GATE_UP_REGS)
     launch(_moe_gate_up_kernel, grid_gu, 32 * wg,
            x.view(torch.int32).reshape(-1), hdim, topk_ids.reshape(-1), topk, e_count,
            gu_c.reshape(-1), gu_s.reshape(-1), gu_g.reshape(-1), 2 if gu_g.numel() == 2 * e_count else 1,
@@ -308,7 +309,7 @@ def moe_nvfp4(x, topk_ids, topk_weights, gate_up, down, out, h, *, activation: i
            n_slots, inter, int(activation), h.reshape(-1))
     n_out = out.shape[1]
     grid_dn = (-(-n_out // 16), m)
-    wd = warps_dn or launch_warps(grid_dn[0] * grid_dn[1], n_slots * kc_d, LAUNCH_WARPS)
+    wd = warps_dn or launch_warps(grid_dn[0] * grid_dn[1], n_slots * kc_d, LAUNCH_WARPS, DOWN_REGS)
     launch(_moe_down_kernel, grid_dn, 32 * wd,
            h.view(torch.int32).reshape(-1), inter, topk_ids.reshape(-1), topk_weights.reshape(-1), topk,
            e_count, dn_c.reshape(-1), dn_s.reshape(-1), dn_g.reshape(-1), kc_d, nt_d,

@@ -93,6 +93,9 @@ def variant_cases():
     for w in (None, 8, 4):
         for label, n, k in small:
             cases.append(lambda label=label, n=n, k=k, w=w: bc.case_nvfp4(label, n, k, warps=w))
+        cases.append(lambda w=w: bc.case_nvfp4(MISTRAL[3][0], MISTRAL[3][1], MISTRAL[3][2], splitk=True, warps=w))
+    for label, n, k in [MISTRAL[0], MISTRAL[1], MISTRAL[3], GEMMA[1], QWEN[0]]:
+        cases.append(lambda label=label, n=n, k=k: bc.case_gguf_tc(label, "Q4_K", n, k, splitk=label == MISTRAL[3][0]))
     qwen_fp8 = [("qwen in_proj", 12352, 2048), QWEN[2], ("qwen attn qkv", 9216, 2048), MISTRAL[0]]
     for v, w in (("default", None), ("r80", None), ("default", 8), ("default", 4)):
         for label, n, k in qwen_fp8:
