@@ -20,7 +20,7 @@ import torch
 from imp_kernels import ptx
 from imp_kernels.compat import cuda
 from imp_kernels.errors import KernelError
-from imp_kernels.launch import block_warps, device_jit, jit, launch, require_aligned
+from imp_kernels.launch import block_warps, compiled_regs, device_jit, jit, launch, require_aligned
 from imp_kernels.mma_frag import bf16x2_to_f16x2, finish_tiles, launch_splits, load_x8_bf16, split_range, stash_frags
 from imp_kernels.repack import fp8_untile
 
@@ -114,7 +114,6 @@ def _body(x32, m_rows, k, codes, kc_total, scale, mode, kb_total, out, n_cols, o
 # At most 80 registers (it takes 78, no spills). A cap of 64 (32 warps/SM) spilled 32 B a thread once
 # the 32-row block scales came in: Mistral's gate_up 187 -> 113 us at 80 (71% of the copy bandwidth),
 # measured on an H200 (bench/results, the GEMV variants of 2026-12-04).
-REGS = 78
 _gemv_fp8_kernel = jit(max_registers=80)(_body)
 
 # other register caps, for the benchmark to measure (compiled on first use, not cached on disk): "r<N>"
@@ -181,10 +180,11 @@ def gemv_fp8(x: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor, out: tor
     nt, kc = codes.shape[:2]
     n = out.shape[1]
     sp, ws, tickets = launch_splits(workspace, splits, nt // 2, kc, out)
+    kern = _variant_kernel(variant)
     if warps is None:
-        warps = block_warps(nt // 2 * sp, -(-kc // sp), MAX_WARPS, REGS if variant == "default" else None)
+        warps = block_warps(nt // 2 * sp, -(-kc // sp), MAX_WARPS, compiled_regs(kern))
     res = residual if residual is not None else out
-    launch(_variant_kernel(variant), (nt // 2, sp), 32 * warps, x.view(torch.int32).reshape(-1), m, k,
+    launch(kern, (nt // 2, sp), 32 * warps, x.view(torch.int32).reshape(-1), m, k,
            codes.reshape(-1), kc, scale.reshape(-1), mode, kb, out.reshape(-1), n,
            int(out.dtype == torch.float32),
            res.reshape(-1).view(torch.int16) if res.dtype == torch.bfloat16 else res.reshape(-1),

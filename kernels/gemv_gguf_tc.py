@@ -29,7 +29,7 @@ from imp_kernels import ptx
 from imp_kernels.compat import cuda
 from imp_kernels.errors import KernelError
 from imp_kernels.gemv_nvfp4 import nvfp4_block_warps
-from imp_kernels.launch import device_jit, jit, launch, require_aligned
+from imp_kernels.launch import compiled_regs, device_jit, jit, launch, require_aligned
 from imp_kernels.mma_frag import (bf16x2_to_f16x2, finish_tiles, launch_splits, load_x8_bf16, load_x16_raw,
                                   split_range, stash_frags, x16_to_f16)
 from imp_kernels.repack_gguf import tc_tile, tc_untile_dequant
@@ -88,10 +88,7 @@ def _q4_tile(acc0, acc1, acc2, acc3, w4, sw, t, xf):
     return acc0, acc1, acc2, acc3
 
 
-Q4_REGS, Q8_REGS = 80, 64  # register caps of the two builds
-
-
-@jit(max_registers=Q4_REGS)
+@jit(max_registers=80)
 def _gemv_q4_kernel(x32, m_rows, k, codes, scales, kc_total, unscale, out, n_cols, out_f32, res, has_res,
                     ws, tickets, splits):
     red = cuda.shared.array(0, nbt.float32)  # [warps, 32 rows, 8 cols], sized at launch
@@ -162,7 +159,7 @@ def _q8_tile(acc0, acc1, acc2, acc3, w4, sw, t, x0, x1, x2, x3):
     return acc0, acc1, acc2, acc3
 
 
-@jit(max_registers=Q8_REGS)
+@jit(max_registers=64)
 def _gemv_q8_kernel(x32, m_rows, k, codes, scales, kc_total, unscale, out, n_cols, out_f32, res, has_res,
                     ws, tickets, splits):
     red = cuda.shared.array(0, nbt.float32)
@@ -238,10 +235,9 @@ def gemv_gguf_tc(x: torch.Tensor, kind: str, codes: torch.Tensor, scales: torch.
     m, k = x.shape
     nt, kc = codes.shape[:2]
     sp, ws, tickets = launch_splits(workspace, splits, nt // 2, kc, out)
-    # the same launch-shape rule, at the register caps of the two builds
-    w = warps or nvfp4_block_warps(nt // 2 * sp, -(-kc // sp), Q4_REGS if kind == "q4" else Q8_REGS)
-    res = residual.reshape(-1) if residual is not None else out.reshape(-1)
     kernel = _gemv_q4_kernel if kind == "q4" else _gemv_q8_kernel
+    w = warps or nvfp4_block_warps(nt // 2 * sp, -(-kc // sp), compiled_regs(kernel))  # the same launch rule
+    res = residual.reshape(-1) if residual is not None else out.reshape(-1)
     launch(kernel, (nt // 2, sp), 32 * w, x.view(torch.int32).reshape(-1), m, k, codes.reshape(-1),
            scales.reshape(-1), kc, np.float32(unscale), out.reshape(-1), out.shape[1], int(out.dtype == torch.float32),
            res.view(torch.int16) if res.dtype == torch.bfloat16 else res, int(residual is not None),

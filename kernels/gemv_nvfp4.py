@@ -20,7 +20,7 @@ import torch
 from imp_kernels import ptx
 from imp_kernels.compat import cuda
 from imp_kernels.errors import KernelError
-from imp_kernels.launch import block_warps, device_jit, jit, launch, require_aligned
+from imp_kernels.launch import block_warps, compiled_regs, device_jit, jit, launch, require_aligned
 from imp_kernels.mma_frag import (finish_tiles, launch_splits, load_x16_raw, nvfp4_frags, split_range, stash_frags,
                                   x16_to_f16)
 from imp_kernels.repack import nvfp4_tile, nvfp4_untile
@@ -154,10 +154,7 @@ def _variant_kernel(name: str):
     return kern
 
 
-REGS = 90  # registers a thread of the default build takes (ptxas), for the launch shape
-
-
-def nvfp4_block_warps(tile_pairs: int, chunks: int, regs: int = REGS) -> int:
+def nvfp4_block_warps(tile_pairs: int, chunks: int, regs: int | None) -> int:
     """Warps per block (``launch.block_warps``: ~24 warps per SM, fewer when that fits the grid in
     fewer waves), at most one warp per chunk and MAX_WARPS."""
     return block_warps(tile_pairs, chunks, MAX_WARPS, regs)
@@ -200,9 +197,10 @@ def gemv_nvfp4(x: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor, gscal
     nt, kc = codes.shape[:2]
     n = out.shape[1]
     sp, ws, tickets = launch_splits(workspace, splits, nt // 2, kc, out)
-    w = warps or nvfp4_block_warps(nt // 2 * sp, -(-kc // sp))
+    kern = _variant_kernel(variant)
+    w = warps or nvfp4_block_warps(nt // 2 * sp, -(-kc // sp), compiled_regs(kern))
     res = residual.reshape(-1) if residual is not None else out.reshape(-1)
-    launch(_variant_kernel(variant), (nt // 2, sp), 32 * w,
+    launch(kern, (nt // 2, sp), 32 * w,
            x.view(torch.int32).reshape(-1), m, k, codes.reshape(-1), scales.reshape(-1), kc,
            gscale.reshape(-1), out.reshape(-1), n, int(out.dtype == torch.float32),
            res.view(torch.int16) if res.dtype == torch.bfloat16 else res, int(residual is not None),

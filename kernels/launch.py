@@ -34,7 +34,7 @@ from imp_kernels.compat import SIMULATOR, cuda
 from imp_kernels.errors import KernelError
 
 __all__ = ["as_device_array", "current_stream", "launch", "warmup", "jit", "device_jit", "require_aligned",
-           "block_warps"]
+           "block_warps", "compiled_regs"]
 
 _BITS_VIEW = {
     torch.bfloat16: torch.uint16,
@@ -128,6 +128,25 @@ TARGET_WARPS_PER_SM = 24
 def _warps_per_sm(regs: int) -> int:
     """Warps an SM holds at ``regs`` registers a thread (64K registers, allocated 256 a warp)."""
     return min(64, 65536 // (-(-regs * 32 // 256) * 256))
+
+
+_REGS: dict[int, int] = {}
+
+
+def compiled_regs(kernel: Any) -> int | None:
+    """Registers a thread of ``kernel`` takes (the most over its compiled specialisations), from
+    the loaded code; None before its first compilation and under the simulator. Cached."""
+    if SIMULATOR:
+        return None
+    regs = _REGS.get(id(kernel))
+    if regs is None:
+        try:
+            regs = max((int(k.regs_per_thread) for k in kernel.overloads.values()), default=0) or None
+        except Exception:  # an attribute numba renamed must not break a launch: fall back to the plain rule
+            regs = None
+        if regs is not None:
+            _REGS[id(kernel)] = regs
+    return regs
 
 
 def block_warps(blocks: int, work: int, cap: int, regs: int | None = None) -> int:

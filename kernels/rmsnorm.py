@@ -18,7 +18,8 @@ element on the device, read there: Gemma's ``layer_scalar``). ``weight2`` adds a
 from the same ``h``: ``out2 = norm(h)`` with ``weight2`` (same mode and offset, no epilogue).
 
 One block per row; each thread keeps up to 4 chunks of 8 elements (16-byte loads and stores) in
-registers, so the row is read once. Rows are any leading dims flattened (M tokens, or tokens x
+registers, so the row is read once, and issues all its loads (x, residual, weights, add) before the
+block's reduction: one wait for memory per launch, not one per operand. Rows are any leading dims flattened (M tokens, or tokens x
 heads for per-head q/k norms). ``out`` may alias ``x`` and ``add`` (each thread reads its
 elements before writing them); ``add`` and ``residual`` do not combine.
 """
@@ -38,7 +39,7 @@ from imp_kernels.ops_common import (bf16_round, block_sum, check, hi_f32, ld_bf1
 
 __all__ = ["rmsnorm", "rmsnorm_ref", "rms_norm_torch", "rmsnorm_threads", "MAX_N"]
 
-CHUNKS = 4  # 16-byte chunks per thread
+CHUNKS = 4  # 16-byte chunks per thread (the kernel is written out for four)
 NVALS = 8 * CHUNKS
 MAX_N = 1024 * 8 * CHUNKS
 _MODES = {"fp32": 1, "llama": 2}
@@ -55,62 +56,107 @@ def _normed(v, inv, w, wmode, offset):
     return y
 
 
+@device_jit(inline="always")
+def _load(x32, res32, has_res, w32, w2_32, has_w2, add32, has_add, base, j, ok):
+    """A thread's chunk (8 elements) of every operand: x, residual, weight, weight2, add (zeros or
+    aliases where absent). Values in registers (tuples), all loads issued before any is used."""
+    z = np.uint32(0)
+    a = (z, z, z, z)
+    w, r, w2, av = a, a, a, a
+    if ok:
+        a = ptx.ld_v4(x32, base + j)
+        w = ptx.ld_v4_cached(w32, j)  # x's row 0 when weightless (unused then)
+        if has_res:
+            r = ptx.ld_v4(res32, base + j)
+        if has_w2:
+            w2 = ptx.ld_v4_cached(w2_32, j)
+        if has_add:
+            av = ptx.ld_v4(add32, base + j)
+    return a, r, w, w2, av
+
+
+@device_jit(inline="always")
+def _h_word(a, r, has_res):
+    """bf16 pair of h = x (or bf16(x + residual))."""
+    if has_res:
+        return pack_bf16(lo_f32(a) + lo_f32(r), hi_f32(a) + hi_f32(r))
+    return a
+
+
+@device_jit(inline="always")
+def _sumsq(ss, d, has_res, res32, base, j, ok):
+    """(ss + Σ h² over the chunk in element order, h words); h goes back to ``residual``."""
+    a, r = d[0], d[1]
+    h0 = _h_word(a[0], r[0], has_res)
+    h1 = _h_word(a[1], r[1], has_res)
+    h2 = _h_word(a[2], r[2], has_res)
+    h3 = _h_word(a[3], r[3], has_res)
+    if ok:
+        if has_res:
+            st_v4(res32, base + j, h0, h1, h2, h3)
+        for hw in (h0, h1, h2, h3):
+            lo = lo_f32(hw)
+            hi = hi_f32(hw)
+            ss += lo * lo
+            ss += hi * hi
+    return ss, (h0, h1, h2, h3)
+
+
+@device_jit(inline="always")
+def _out_word(hw, ww, aw, inv, wmode, offset, has_add, s):
+    o = pack_bf16(_normed(lo_f32(hw), inv, lo_f32(ww), wmode, offset),
+                  _normed(hi_f32(hw), inv, hi_f32(ww), wmode, offset))
+    if has_add:
+        o = pack_bf16(bf16_round(lo_f32(o) + lo_f32(aw)) * s, bf16_round(hi_f32(o) + hi_f32(aw)) * s)
+    return o
+
+
+@device_jit(inline="always")
+def _emit(h, d, inv, wmode, offset, has_add, s, has_w2, out32, out2_32, base, j, ok):
+    """Store the chunk's outputs: out (with the post-norm add and scale) and out2."""
+    if ok:
+        w, w2, av = d[2], d[3], d[4]
+        st_v4(out32, base + j, _out_word(h[0], w[0], av[0], inv, wmode, offset, has_add, s),
+              _out_word(h[1], w[1], av[1], inv, wmode, offset, has_add, s),
+              _out_word(h[2], w[2], av[2], inv, wmode, offset, has_add, s),
+              _out_word(h[3], w[3], av[3], inv, wmode, offset, has_add, s))
+        if has_w2:
+            st_v4(out2_32, base + j, _out_word(h[0], w2[0], av[0], inv, wmode, offset, False, s),
+                  _out_word(h[1], w2[1], av[1], inv, wmode, offset, False, s),
+                  _out_word(h[2], w2[2], av[2], inv, wmode, offset, False, s),
+                  _out_word(h[3], w2[3], av[3], inv, wmode, offset, False, s))
+
+
 @jit
 def _rmsnorm_kernel(x32, res32, has_res, w32, wmode, offset, eps, out32, n, add32, has_add, scale16, has_scale,
                     w2_32, out2_32, has_w2):
     scratch = cuda.shared.array(32, np.float32)
     tid = cuda.threadIdx.x
+    bd = cuda.blockDim.x
     nw = n >> 1
     base = cuda.blockIdx.x * nw
-    vals = cuda.local.array(NVALS, np.float32)
-    ss = np.float32(0.0)
-    for c in range(CHUNKS):
-        j = (c * cuda.blockDim.x + tid) * 4
-        if j < nw:
-            a = ptx.ld_v4(x32, base + j)
-            if has_res:
-                r = ptx.ld_v4(res32, base + j)
-                hw = cuda.local.array(4, np.uint32)
-                for e in range(4):
-                    lo = bf16_round(lo_f32(a[e]) + lo_f32(r[e]))
-                    hi = bf16_round(hi_f32(a[e]) + hi_f32(r[e]))
-                    vals[c * 8 + 2 * e] = lo
-                    vals[c * 8 + 2 * e + 1] = hi
-                    hw[e] = np.uint32((ptx.f32_to_bits(lo) >> 16) | (ptx.f32_to_bits(hi) & 0xFFFF0000))
-                st_v4(res32, base + j, hw[0], hw[1], hw[2], hw[3])
-            else:
-                for e in range(4):
-                    vals[c * 8 + 2 * e] = lo_f32(a[e])
-                    vals[c * 8 + 2 * e + 1] = hi_f32(a[e])
-            for e in range(8):
-                v = vals[c * 8 + e]
-                ss += v * v
+    # the CHUNKS (4) chunks of a thread, written out so everything stays in registers
+    j0 = tid * 4
+    j1 = (bd + tid) * 4
+    j2 = (2 * bd + tid) * 4
+    j3 = (3 * bd + tid) * 4
+    d0 = _load(x32, res32, has_res, w32, w2_32, has_w2, add32, has_add, base, j0, j0 < nw)
+    d1 = _load(x32, res32, has_res, w32, w2_32, has_w2, add32, has_add, base, j1, j1 < nw)
+    d2 = _load(x32, res32, has_res, w32, w2_32, has_w2, add32, has_add, base, j2, j2 < nw)
+    d3 = _load(x32, res32, has_res, w32, w2_32, has_w2, add32, has_add, base, j3, j3 < nw)
+    ss, h0 = _sumsq(np.float32(0.0), d0, has_res, res32, base, j0, j0 < nw)
+    ss, h1 = _sumsq(ss, d1, has_res, res32, base, j1, j1 < nw)
+    ss, h2 = _sumsq(ss, d2, has_res, res32, base, j2, j2 < nw)
+    ss, h3 = _sumsq(ss, d3, has_res, res32, base, j3, j3 < nw)
     total = block_sum(ss, scratch)
     inv = np.float32(1.0) / np.float32(math.sqrt(np.float32(total / np.float32(n)) + eps))
     s = np.float32(1.0)  # times 1 is exact: no branch on has_scale in the loop
     if has_scale:
         s = ld_bf16(scale16, 0)
-    for c in range(CHUNKS):
-        j = (c * cuda.blockDim.x + tid) * 4
-        if j < nw:
-            ow = cuda.local.array(4, np.uint32)
-            wv = ptx.ld_v4_cached(w32, j)  # x's row 0 when weightless (unused then)
-            for e in range(4):
-                ow[e] = pack_bf16(_normed(vals[c * 8 + 2 * e], inv, lo_f32(wv[e]), wmode, offset),
-                                  _normed(vals[c * 8 + 2 * e + 1], inv, hi_f32(wv[e]), wmode, offset))
-            if has_add:
-                av = ptx.ld_v4(add32, base + j)
-                for e in range(4):
-                    lo = bf16_round(lo_f32(ow[e]) + lo_f32(av[e])) * s
-                    hi = bf16_round(hi_f32(ow[e]) + hi_f32(av[e])) * s
-                    ow[e] = pack_bf16(lo, hi)
-            st_v4(out32, base + j, ow[0], ow[1], ow[2], ow[3])
-            if has_w2:
-                wv = ptx.ld_v4_cached(w2_32, j)
-                for e in range(4):
-                    ow[e] = pack_bf16(_normed(vals[c * 8 + 2 * e], inv, lo_f32(wv[e]), wmode, offset),
-                                      _normed(vals[c * 8 + 2 * e + 1], inv, hi_f32(wv[e]), wmode, offset))
-                st_v4(out2_32, base + j, ow[0], ow[1], ow[2], ow[3])
+    _emit(h0, d0, inv, wmode, offset, has_add, s, has_w2, out32, out2_32, base, j0, j0 < nw)
+    _emit(h1, d1, inv, wmode, offset, has_add, s, has_w2, out32, out2_32, base, j1, j1 < nw)
+    _emit(h2, d2, inv, wmode, offset, has_add, s, has_w2, out32, out2_32, base, j2, j2 < nw)
+    _emit(h3, d3, inv, wmode, offset, has_add, s, has_w2, out32, out2_32, base, j3, j3 < nw)
 
 
 def rmsnorm_threads(n: int) -> int:
