@@ -31,7 +31,9 @@ def test_fast_decode_matches_reference(tmp_path, layout):
     session = sim_session(path)
     assert dict(session.inspection.plan)["decode fast path"] == "on"
     spies = _spy_experts(session.fast) if layout == "fused" else []
-    errors = compare_steps(session, list(range(3, 12)), steps=2)
+    # two steps where the MoE layer runs (the second reads the cache and DeltaNet state the first
+    # wrote); the dense sibling shares those kernels, one step is enough for its MLP (CI time)
+    errors = compare_steps(session, list(range(3, 12)), steps=2 if layout == "fused" else 1)
     print(layout, "rel errors", errors)
     assert max(errors) < REL_TOL, errors
     for spy in spies:  # our routing: bf16-rounded fp32 weights, a bf16 gate logit

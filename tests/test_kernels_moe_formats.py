@@ -118,8 +118,9 @@ def _gguf(gen, rows, cols, qt):
 
 
 @pytest.mark.parametrize("m,hdim,inter,qts,shared_inter,sh_qts,activation,ids_dtype,out_dtype", [
-    # M=2 with a shared expert and its logit (Q8_0 everywhere: H=32 keeps it cheap)
-    (2, 32, 32, ("Q8_0", "Q8_0", "Q8_0"), 32, ("Q8_0", "Q8_0", "Q8_0"), GELU_TANH, torch.int64, torch.bfloat16),
+    # a shared expert and its logit (Q8_0 everywhere: H=32 keeps it cheap; M=2 is covered by the
+    # tensor-core GGUF MoE tests, this native kernel is the fallback)
+    (1, 32, 32, ("Q8_0", "Q8_0", "Q8_0"), 32, ("Q8_0", "Q8_0", "Q8_0"), GELU_TANH, torch.int64, torch.bfloat16),
     # K-quant gate / up of different types (H=256), Q8_0 down
     (1, 256, 32, ("Q4_K", "Q6_K", "Q8_0"), None, None, SILU, torch.int32, torch.float32),
     # K-quant down (I=256), one slot only (the GPU check covers Q6_K down and a shared I_s != I)
