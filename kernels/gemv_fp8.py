@@ -20,7 +20,7 @@ import torch
 from imp_kernels import ptx
 from imp_kernels.compat import cuda
 from imp_kernels.errors import KernelError
-from imp_kernels.launch import block_warps, compiled_regs, device_jit, jit, launch, require_aligned
+from imp_kernels.launch import RegisterBuilds, block_warps, compiled_regs, device_jit, jit, launch, require_aligned
 from imp_kernels.mma_frag import bf16x2_to_f16x2, finish_tiles, launch_splits, load_x8_bf16, split_range, stash_frags
 from imp_kernels.repack import fp8_untile
 
@@ -113,22 +113,9 @@ def _body(x32, m_rows, k, codes, kc_total, scale, mode, kb_total, out, n_cols, o
 
 # At most 80 registers (it takes 78, no spills). A cap of 64 (32 warps/SM) spilled 32 B a thread once
 # the 32-row block scales came in: Mistral's gate_up 187 -> 113 us at 80 (71% of the copy bandwidth),
-# measured on an H200 (bench/results, the GEMV variants of 2026-12-04).
+# measured on an H200 (bench/results, the GEMV launch shapes of 2026-12-04).
 _gemv_fp8_kernel = jit(max_registers=80)(_body)
-
-# other register caps, for the benchmark to measure (compiled on first use, not cached on disk): "r<N>"
-_VARIANTS: dict[str, object] = {}
-
-
-def _variant_kernel(name: str):
-    if name == "default":
-        return _gemv_fp8_kernel
-    kern = _VARIANTS.get(name)
-    if kern is None:
-        if not (name.startswith("r") and name[1:].isdigit()):
-            raise KernelError(f"gemv_fp8: unknown variant {name!r} (default or r<max registers>)")
-        kern = _VARIANTS[name] = jit(cache=False, max_registers=int(name[1:]))(_body)
-    return kern
+_BUILDS = RegisterBuilds("gemv_fp8", _gemv_fp8_kernel, _body)
 
 
 def _scale_mode(scale: torch.Tensor, n: int, k: int) -> tuple[int, int]:
@@ -180,7 +167,7 @@ def gemv_fp8(x: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor, out: tor
     nt, kc = codes.shape[:2]
     n = out.shape[1]
     sp, ws, tickets = launch_splits(workspace, splits, nt // 2, kc, out)
-    kern = _variant_kernel(variant)
+    kern = _BUILDS.get(variant)
     if warps is None:
         warps = block_warps(nt // 2 * sp, -(-kc // sp), MAX_WARPS, compiled_regs(kern))
     res = residual if residual is not None else out

@@ -11,8 +11,6 @@ Output bf16 or float32, optional fused residual add (``residual`` may alias ``ou
 
 from __future__ import annotations
 
-import re
-
 import numpy as np
 from numba import types as nbt
 import torch
@@ -20,7 +18,7 @@ import torch
 from imp_kernels import ptx
 from imp_kernels.compat import cuda
 from imp_kernels.errors import KernelError
-from imp_kernels.launch import block_warps, compiled_regs, device_jit, jit, launch, require_aligned
+from imp_kernels.launch import RegisterBuilds, block_warps, compiled_regs, device_jit, jit, launch, require_aligned
 from imp_kernels.mma_frag import (finish_tiles, launch_splits, load_x16_raw, nvfp4_frags, split_range, stash_frags,
                                   x16_to_f16)
 from imp_kernels.repack import nvfp4_tile, nvfp4_untile
@@ -67,10 +65,10 @@ def _mma_chunk(acc, wa, wb, sa, sb, xa, xb):
     return a0, a1, a2, a3, b0, b1, b2, b3
 
 
-# The kernel bodies, plain functions so the benchmark can build them with other options: d<n> keeps
-# n chunks per warp in flight (the loads of chunk kc + n*W issue before chunk kc computes).
-def _body_d2(x32, m_rows, k, codes, scales, kc_total, gscale, out, n_cols, out_f32, res, has_res, ws, tickets,
-            splits):
+# The kernel body, a plain function so the benchmark can build it at other register caps. Two chunks
+# per warp in flight: the loads of chunk kc + 2W issue before chunk kc computes.
+def _body(x32, m_rows, k, codes, scales, kc_total, gscale, out, n_cols, out_f32, res, has_res, ws, tickets,
+          splits):
     red = cuda.shared.array(0, nbt.float32)  # [warps, 32 rows, 8 cols], sized at launch
     flag = cuda.shared.array(1, np.int32)
     tid = cuda.threadIdx.x
@@ -99,59 +97,11 @@ def _body_d2(x32, m_rows, k, codes, scales, kc_total, gscale, out, n_cols, out_f
                  res, has_res, ws, tickets, splits, flag)
 
 
-def _body_d3(x32, m_rows, k, codes, scales, kc_total, gscale, out, n_cols, out_f32, res, has_res, ws, tickets,
-            splits):
-    red = cuda.shared.array(0, nbt.float32)
-    flag = cuda.shared.array(1, np.int32)
-    tid = cuda.threadIdx.x
-    lane = tid & 31
-    warp = tid >> 5
-    nwarps = cuda.blockDim.x >> 5
-    g = lane >> 2
-    t = lane & 3
-    tile0 = cuda.blockIdx.x * 2
-    z = np.float32(0.0)
-    acc = (z, z, z, z, z, z, z, z)
-    kc0, kc1 = split_range(kc_total, splits)
-    kc = kc0 + warp
-    c0 = _load_chunk(codes, scales, kc_total, kc1, tile0, lane, x32, m_rows, k, g, t, kc)
-    c1 = _load_chunk(codes, scales, kc_total, kc1, tile0, lane, x32, m_rows, k, g, t, kc + nwarps)
-    c2 = _load_chunk(codes, scales, kc_total, kc1, tile0, lane, x32, m_rows, k, g, t, kc + 2 * nwarps)
-    while kc < kc1:
-        c3 = _load_chunk(codes, scales, kc_total, kc1, tile0, lane, x32, m_rows, k, g, t, kc + 3 * nwarps)
-        acc = _mma_chunk(acc, c0[0], c0[1], c0[2], c0[3], c0[4], c0[5])
-        c0 = c1
-        c1 = c2
-        c2 = c3
-        kc += nwarps
-    a0, a1, a2, a3, b0, b1, b2, b3 = acc
-    stash_frags(red, warp, g, t, a0, a1, a2, a3, b0, b1, b2, b3)
-    cuda.syncthreads()
-    finish_tiles(red, nwarps, tile0, m_rows, n_cols, gscale[0] * np.float32(16384.0), gscale, 0, out, out_f32,
-                 res, has_res, ws, tickets, splits, flag)
-
-
-# the default build: two chunks in flight per warp, at most 96 registers (it takes 90, no spills).
-# Measured on an H200 against 80 (which spilled 8 B) and three chunks in flight (121 registers, or
-# capped at 96 with spills): 3-6% faster at every real shape (bench/results, gemv variants).
-_gemv_nvfp4_kernel = jit(max_registers=96)(_body_d2)
-
-# other builds, for the benchmark to measure (compiled on first use, not cached on disk):
-# "d<depth>" or "d<depth>r<max registers>"
-_VARIANTS: dict[str, object] = {}
-
-
-def _variant_kernel(name: str):
-    if name == "default":
-        return _gemv_nvfp4_kernel
-    kern = _VARIANTS.get(name)
-    if kern is None:
-        m = re.fullmatch(r"d([23])(?:r(\d+))?", name)
-        if m is None:
-            raise KernelError(f"gemv_nvfp4: unknown variant {name!r} (default, d2|d3 with optional r<registers>)")
-        kw = {"max_registers": int(m.group(2))} if m.group(2) else {}
-        kern = _VARIANTS[name] = jit(cache=False, **kw)({"2": _body_d2, "3": _body_d3}[m.group(1)])
-    return kern
+# the default build: at most 96 registers (it takes 90, no spills). Measured on an H200 against 80
+# (which spilled 8 B) and three chunks in flight (121 registers, or capped at 96 with spills): 3-6%
+# faster at every real shape (bench/results, the GEMV launch shapes of 2026-12-04).
+_gemv_nvfp4_kernel = jit(max_registers=96)(_body)
+_BUILDS = RegisterBuilds("gemv_nvfp4", _gemv_nvfp4_kernel, _body)
 
 
 def nvfp4_block_warps(tile_pairs: int, chunks: int, regs: int | None) -> int:
@@ -197,7 +147,7 @@ def gemv_nvfp4(x: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor, gscal
     nt, kc = codes.shape[:2]
     n = out.shape[1]
     sp, ws, tickets = launch_splits(workspace, splits, nt // 2, kc, out)
-    kern = _variant_kernel(variant)
+    kern = _BUILDS.get(variant)
     w = warps or nvfp4_block_warps(nt // 2 * sp, -(-kc // sp), compiled_regs(kern))
     res = residual.reshape(-1) if residual is not None else out.reshape(-1)
     launch(kern, (nt // 2, sp), 32 * w,

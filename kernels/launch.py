@@ -34,7 +34,7 @@ from imp_kernels.compat import SIMULATOR, cuda
 from imp_kernels.errors import KernelError
 
 __all__ = ["as_device_array", "current_stream", "launch", "warmup", "jit", "device_jit", "require_aligned",
-           "block_warps", "compiled_regs"]
+           "block_warps", "compiled_regs", "RegisterBuilds"]
 
 _BITS_VIEW = {
     torch.bfloat16: torch.uint16,
@@ -171,3 +171,22 @@ def block_warps(blocks: int, work: int, cap: int, regs: int | None = None) -> in
         while w > 4 and waves(w // 2) < waves(w):
             w //= 2
     return w
+
+
+class RegisterBuilds:
+    """A kernel's default build and, for the benchmark, builds of the same body at other register
+    caps: ``get("default")`` or ``get("r<N>")`` (compiled on first use, not cached on disk)."""
+
+    def __init__(self, what: str, default: Any, body: Callable) -> None:
+        self.what, self.default, self.body = what, default, body
+        self.compiled: dict[str, Any] = {}
+
+    def get(self, name: str) -> Any:
+        if name == "default":
+            return self.default
+        kern = self.compiled.get(name)
+        if kern is None:
+            if not (name.startswith("r") and name[1:].isdigit()):
+                raise KernelError(f"{self.what}: unknown variant {name!r} (default or r<max registers>)")
+            kern = self.compiled[name] = jit(cache=False, max_registers=int(name[1:]))(self.body)
+        return kern

@@ -124,8 +124,8 @@ def resource_report() -> list[str]:
                "moe_gate_up": mo._moe_gate_up_kernel, "moe_down": mo._moe_down_kernel,
                "gguf_tc_q4": gt._gemv_q4_kernel, "gguf_tc_q8": gt._gemv_q8_kernel,
                **{f"gguf_{q}": k for q, k in g._KERNELS.items()}}
-    kernels.update({f"nvfp4_{v}": k for v, k in n._VARIANTS.items()})
-    kernels.update({f"fp8_{v}": k for v, k in f._VARIANTS.items()})
+    kernels.update({f"nvfp4_{v}": k for v, k in n._BUILDS.compiled.items()})
+    kernels.update({f"fp8_{v}": k for v, k in f._BUILDS.compiled.items()})
     kernels.update({f"gguf_{q}_uncapped": k for q, k in g._KERNELS_UNCAPPED.items() if q != "Q8_0"})
     for name, k in kernels.items():
         for ck in list(k.overloads.values()):
