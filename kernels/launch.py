@@ -168,7 +168,7 @@ def block_warps(blocks: int, work: int, cap: int, regs: int | None = None) -> in
         def waves(v: int) -> int:
             return -(-blocks // (SMS * max(1, per_sm // v)))
 
-        while w > 4 and waves(w // 2) < waves(w):
+        while w >= 8 and waves(w // 2) < waves(w):
             w //= 2
     return w
 

@@ -20,6 +20,7 @@ def test_fewer_warps_when_that_fits_the_grid_in_fewer_waves():
     assert block_warps(64, 64, 16, 90) == 16  # 64 blocks fit at 16 warps: unchanged
     assert block_warps(128, 72, 16, 95) == 16  # Qwen3.6 MoE down: one wave already
     assert block_warps(2048, 80, 16, 90) == 2  # large grids keep the plain rule's choice
+    assert block_warps(300, 11, 16, 128) == 5  # a count the work capped (11) halves once, to 5, not below 4
     # never below 4 warps by this rule, and never more than the plain rule gives
     for blocks in (100, 300, 1000, 5000):
         for regs in (32, 64, 96, 128, 255):
