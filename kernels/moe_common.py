@@ -15,10 +15,10 @@ import numpy as np
 import torch
 
 from imp_kernels.errors import KernelError
-from imp_kernels.launch import block_warps, device_jit
+from imp_kernels.launch import device_jit
 from imp_kernels.launch import warmup as _run_calls
 
-__all__ = ["SILU", "GELU_TANH", "MAX_M", "act", "expert_id", "act_ref", "scratch_shape", "launch_warps",
+__all__ = ["SILU", "GELU_TANH", "MAX_M", "act", "expert_id", "act_ref", "scratch_shape",
            "check_routing", "check_shared_logit", "check_h", "check_out", "check_residual", "logit_args",
            "out_args", "moe_ref_combine", "warmup_moe"]
 
@@ -59,11 +59,6 @@ def scratch_shape(m: int, topk: int, inter: int, shared_inter: int | None = None
     if shared_inter is None:
         return (m, topk, inter)
     return (m, topk + 1, max(inter, shared_inter))
-
-
-def launch_warps(blocks: int, work: int, cap: int, regs: int | None = None) -> int:
-    """Warps per block (``launch.block_warps``)."""
-    return block_warps(blocks, work, cap, regs)
 
 
 def check_routing(name, x, ids, wts, *, max_m=MAX_M, h_multiple=None, x_shape=None, ids_form=None,

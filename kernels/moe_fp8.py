@@ -35,10 +35,10 @@ from imp_kernels import ptx
 from imp_kernels.compat import cuda
 from imp_kernels.errors import KernelError
 from imp_kernels.gemv_fp8 import fp8_dequant
-from imp_kernels.launch import compiled_regs, device_jit, jit, launch, require_aligned
+from imp_kernels.launch import block_warps, compiled_regs, device_jit, jit, launch, require_aligned
 from imp_kernels.mma_frag import store_out
 from imp_kernels.moe_common import GELU_TANH, SILU, act as _act, check_h, check_out, check_residual, check_routing
-from imp_kernels.moe_common import check_shared_logit, expert_id as _expert, launch_warps, logit_args, moe_ref_combine
+from imp_kernels.moe_common import check_shared_logit, expert_id as _expert, logit_args, moe_ref_combine
 from imp_kernels.moe_common import out_args, scratch_shape, warmup_moe
 from imp_kernels.repack import fp8_tile, fp8_untile
 
@@ -375,7 +375,7 @@ def moe_fp8(x, topk_ids, topk_weights, gate_up, down, out, h, *, activation: int
     require_aligned("moe_fp8", x, h, gu_c, dn_c, sgc, sdc)
     kc_g = gu_c.shape[2]
     grid_gu = (max(inter, sh_inter) // 16, m * n_slots)
-    wg = warps_gu or launch_warps(grid_gu[0] * grid_gu[1], kc_g, MAX_WARPS, compiled_regs(_moe_fp8_gu_kernel))
+    wg = warps_gu or block_warps(grid_gu[0] * grid_gu[1], kc_g, MAX_WARPS, compiled_regs(_moe_fp8_gu_kernel))
     gm, gp, grb, gkb, gus, gua = gu_mode
     sm_, sp, srb, _, sus, sua = sh_gu_mode
     launch(_moe_fp8_gu_kernel, grid_gu, 32 * wg,
@@ -388,7 +388,7 @@ def moe_fp8(x, topk_ids, topk_weights, gate_up, down, out, h, *, activation: int
     nt_d, kc_d = dn_c.shape[1], dn_c.shape[2]
     sh_kc = sdc.shape[2] if shared is not None else 0
     grid_dn = (-(-hdim // 16), m)
-    wd = warps_dn or launch_warps(grid_dn[0] * grid_dn[1], topk * kc_d + sh_kc, MAX_WARPS,
+    wd = warps_dn or block_warps(grid_dn[0] * grid_dn[1], topk * kc_d + sh_kc, MAX_WARPS,
                                   compiled_regs(_moe_fp8_dn_kernel))
     launch(_moe_fp8_dn_kernel, grid_dn, 32 * wd,
            h.view(torch.int32).reshape(-1), h_stride, topk_ids.reshape(-1), topk_weights.reshape(-1), topk,

@@ -28,10 +28,10 @@ from imp_kernels import ptx
 from imp_kernels.compat import cuda
 from imp_kernels.errors import KernelError
 from imp_kernels.gemv_gguf_tc import _q4_tile, _q8_tile
-from imp_kernels.launch import compiled_regs, device_jit, jit, launch, require_aligned
+from imp_kernels.launch import block_warps, compiled_regs, device_jit, jit, launch, require_aligned
 from imp_kernels.mma_frag import bf16x2_to_f16x2, load_x8_bf16, load_x16_raw, store_out, x16_to_f16
 from imp_kernels.moe_common import GELU_TANH, SILU, act as _act, check_out, check_residual, check_routing
-from imp_kernels.moe_common import check_shared_logit, expert_id as _expert, launch_warps, logit_args, out_args
+from imp_kernels.moe_common import check_shared_logit, expert_id as _expert, logit_args, out_args
 from imp_kernels.moe_common import moe_ref_combine, scratch_shape, warmup_moe
 from imp_kernels.moe_nvfp4 import _h_to_f16, _load_h16
 from imp_kernels.repack_gguf import tc_exponent, tc_tile, tc_untile_dequant
@@ -328,7 +328,7 @@ def moe_gguf_tc(x, topk_ids, topk_weights, gate, up, down, out, h, *, activation
     kc_g, nt_g = gate[1].shape[2], gate[1].shape[1]
     grid_gu = (-(-max(inter, sh_inter) // 16), m * n_slots)
     gu_kernel = _moe_gu_q4_kernel if gk == "q4" else _moe_gu_q8_kernel
-    wg = warps_gu or launch_warps(grid_gu[0] * grid_gu[1], kc_g, LAUNCH_WARPS, compiled_regs(gu_kernel))
+    wg = warps_gu or block_warps(grid_gu[0] * grid_gu[1], kc_g, LAUNCH_WARPS, compiled_regs(gu_kernel))
     f32 = np.float32
     launch(gu_kernel, grid_gu, 32 * wg,
            x.view(torch.int32).reshape(-1), hdim, topk_ids.reshape(-1), topk, e_count,
@@ -339,7 +339,7 @@ def moe_gguf_tc(x, topk_ids, topk_weights, gate, up, down, out, h, *, activation
     kc_r, nt_d = down[1].shape[2], down[1].shape[1]
     grid_dn = (-(-hdim // 16), m)
     dn_kernel = _moe_dn_q4_kernel if dk == "q4" else _moe_dn_q8_kernel
-    wd = warps_dn or launch_warps(grid_dn[0] * grid_dn[1], topk * kc_r, LAUNCH_WARPS, compiled_regs(dn_kernel))
+    wd = warps_dn or block_warps(grid_dn[0] * grid_dn[1], topk * kc_r, LAUNCH_WARPS, compiled_regs(dn_kernel))
     launch(dn_kernel, grid_dn, 32 * wd,
            h.view(torch.int32).reshape(-1), h.shape[2], topk_ids.reshape(-1), topk_weights.reshape(-1), topk,
            e_count, down[1].reshape(-1), down[2].reshape(-1), kc_r, nt_d, sd[1].reshape(-1), sd[2].reshape(-1),

@@ -29,10 +29,10 @@ from imp_kernels import ptx
 from imp_kernels.compat import cuda
 from imp_kernels.errors import KernelError
 from imp_kernels.gemv_nvfp4 import nvfp4_dequant
-from imp_kernels.launch import compiled_regs, device_jit, jit, launch, require_aligned
+from imp_kernels.launch import block_warps, compiled_regs, device_jit, jit, launch, require_aligned
 from imp_kernels.mma_frag import load_x16_raw, nvfp4_frags, store_out, x16_to_f16
 from imp_kernels.moe_common import GELU_TANH, MAX_M, SILU, act as _act, act_ref, check_residual, check_routing
-from imp_kernels.moe_common import expert_id as _expert, launch_warps, logit_args, out_args, scratch_shape, warmup_moe
+from imp_kernels.moe_common import expert_id as _expert, logit_args, out_args, scratch_shape, warmup_moe
 from imp_kernels.repack import nvfp4_untile
 
 __all__ = ["warmup", "moe_nvfp4", "moe_nvfp4_ref", "SILU", "GELU_TANH", "moe_scratch_shape"]
@@ -300,7 +300,7 @@ def moe_nvfp4(x, topk_ids, topk_weights, gate_up, down, out, h, *, activation: i
     kc_g, nt_g = gu_c.shape[2], gu_c.shape[1]
     kc_d, nt_d = dn_c.shape[2], dn_c.shape[1]
     grid_gu = (inter // 16, m * n_slots)
-    wg = warps_gu or launch_warps(grid_gu[0] * grid_gu[1], kc_g, LAUNCH_WARPS, compiled_regs(_moe_gate_up_kernel))
+    wg = warps_gu or block_warps(grid_gu[0] * grid_gu[1], kc_g, LAUNCH_WARPS, compiled_regs(_moe_gate_up_kernel))
     launch(_moe_gate_up_kernel, grid_gu, 32 * wg,
            x.view(torch.int32).reshape(-1), hdim, topk_ids.reshape(-1), topk, e_count,
            gu_c.reshape(-1), gu_s.reshape(-1), gu_g.reshape(-1), 2 if gu_g.numel() == 2 * e_count else 1,
@@ -308,7 +308,7 @@ def moe_nvfp4(x, topk_ids, topk_weights, gate_up, down, out, h, *, activation: i
            n_slots, inter, int(activation), h.reshape(-1))
     n_out = out.shape[1]
     grid_dn = (-(-n_out // 16), m)
-    wd = warps_dn or launch_warps(grid_dn[0] * grid_dn[1], n_slots * kc_d, LAUNCH_WARPS, compiled_regs(_moe_down_kernel))
+    wd = warps_dn or block_warps(grid_dn[0] * grid_dn[1], n_slots * kc_d, LAUNCH_WARPS, compiled_regs(_moe_down_kernel))
     launch(_moe_down_kernel, grid_dn, 32 * wd,
            h.view(torch.int32).reshape(-1), inter, topk_ids.reshape(-1), topk_weights.reshape(-1), topk,
            e_count, dn_c.reshape(-1), dn_s.reshape(-1), dn_g.reshape(-1), kc_d, nt_d,
